@@ -1,0 +1,110 @@
+"""Multi-head Mamba state: one Mamba-style scan whose state is split into one head per output stream.
+
+AS-Mamba reads two streams (matching and geometry features) out of each scan. In ``"multi"`` mode every stream has
+its own head: its own inner channels, its own SSM parameters (``x_proj`` giving its own dt/B/C, ``dt_proj``,
+``A_log``, ``D``) and its own ``out_proj``, so the two functions keep separate states. All heads still run as
+ONE selective scan: their B and C are passed as groups, ``(batch, heads, N, L)``, and channel d uses head
+d // (d_inner / heads). ``in_proj`` and the depthwise ``conv1d`` are shared modules, but both act per channel, so a
+head only ever sees its own rows of them. In ``"single"`` mode (the ablation) one SSM runs over all d_inner
+channels and one ``out_proj`` to sum(out_dims) is split into the streams.
+
+Parameter counts (d = d_model, E = expand * d, N = d_state, R = dt_rank, K = number of streams, S = sum(out_dims)):
+both modes have ``in_proj`` 2dE, ``conv1d`` E(d_conv + 1), ``x_proj`` E(R + 2N), ``dt_proj`` E(R + 1),
+``A_log`` EN and ``D`` E; they differ only in the read-out: ``out_proj`` is E*S in "single" mode and (E/K)*S in
+"multi" mode (each stream reads its own E/K channels). For d = 128, expand 2, N 16, out_dims (128, 32):
+124,672 ("single") vs 104,192 ("multi") parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .mamba import add_ssm_parameters, causal_conv, check_sequence, resolve_dt_rank, ssm_inputs
+from .selective_scan import selective_scan
+
+HEAD_MODES = ("multi", "single")
+
+
+class SSMHead(nn.Module):
+    """One head's SSM and read-out over ``d_inner`` channels (names as in mamba-ssm's Mamba).
+
+    Holds ``x_proj``, ``dt_proj``, ``A_log``, ``D`` (see :func:`asmamba.mamba.mamba.add_ssm_parameters`) and
+    ``out_proj`` (d_inner -> out_dim).
+    """
+
+    def __init__(self, d_inner: int, out_dim: int, d_state: int, dt_rank: int, bias: bool = False,
+                 **ssm_options) -> None:
+        super().__init__()
+        add_ssm_parameters(self, d_inner, d_state, dt_rank, **ssm_options)
+        self.out_proj = nn.Linear(d_inner, out_dim, bias=bias, device=ssm_options.get("device"),
+                                  dtype=ssm_options.get("dtype"))
+
+
+class MultiHeadMamba(nn.Module):
+    """A Mamba block that returns several output streams, with one SSM head per stream or one shared SSM.
+
+    Args:
+        d_model: input channels.
+        out_dims: channels of each output stream, e.g. ``(c_match, c_geom)``.
+        heads: ``"multi"`` (one head per stream, all scanned in one grouped call) or ``"single"``.
+        d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, bias:
+            as :class:`asmamba.mamba.mamba.Mamba`; in "multi" mode every head has (expand * d_model) / len(out_dims)
+            inner channels and a dt_rank of its own.
+    """
+
+    def __init__(
+        self, d_model: int, out_dims: Sequence[int], heads: str = "multi", d_state: int = 16, d_conv: int = 4,
+        expand: int = 2, dt_rank: Union[int, str] = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+        dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4, conv_bias: bool = True,
+        bias: bool = False, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if heads not in HEAD_MODES:
+            raise ValueError(f"MultiHeadMamba: heads must be one of {HEAD_MODES}, got {heads!r}")
+        out_dims = tuple(out_dims)
+        if not out_dims or any(not isinstance(c, int) or c < 1 for c in out_dims):
+            raise ValueError(f"MultiHeadMamba: out_dims must be a non-empty sequence of positive ints, got {out_dims}")
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"MultiHeadMamba: {name} must be a positive int, got {value!r}")
+        self.d_model, self.d_state, self.out_dims, self.mode = d_model, d_state, out_dims, heads
+        self.d_inner = int(expand * d_model)
+        num_heads = len(out_dims) if heads == "multi" else 1
+        if self.d_inner < num_heads or self.d_inner % num_heads:
+            raise ValueError(
+                f"MultiHeadMamba: expand * d_model = {self.d_inner} inner channels cannot be split evenly into "
+                f"{num_heads} heads"
+            )
+        factory = {"device": device, "dtype": dtype}
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
+                                bias=conv_bias, **factory)
+        head_out = out_dims if heads == "multi" else (sum(out_dims),)
+        ssm_options = dict(dt_init=dt_init, dt_scale=dt_scale, dt_min=dt_min, dt_max=dt_max,
+                           dt_init_floor=dt_init_floor, **factory)
+        self.heads = nn.ModuleList(
+            SSMHead(self.d_inner // num_heads, c, d_state, resolve_dt_rank(dt_rank, d_model), bias=bias, **ssm_options)
+            for c in head_out
+        )
+
+    def forward(self, hidden_states: Tensor) -> tuple[Tensor, ...]:
+        """hidden_states: (B, L, d_model) -> one (B, L, out_dims[k]) tensor per stream; causal in L."""
+        check_sequence(hidden_states, self.d_model, "MultiHeadMamba")
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        x = F.silu(causal_conv(self.conv1d, x))
+        per_head = [ssm_inputs(head, xh) for head, xh in zip(self.heads, x.chunk(len(self.heads), dim=1))]
+        deltas, As, Bs, Cs = zip(*per_head)
+        delta, A = torch.cat(deltas, dim=1), torch.cat(As, dim=0)  # (B, d_inner, L), (d_inner, N)
+        B, C = torch.stack(Bs, dim=1), torch.stack(Cs, dim=1)  # (B, heads, N, L): head k drives its own channels
+        D = torch.cat([head.D.float() for head in self.heads])
+        delta_bias = torch.cat([head.dt_proj.bias.float() for head in self.heads])
+        y = selective_scan(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
+        outs = [head.out_proj(yh.transpose(1, 2)) for head, yh in zip(self.heads, y.chunk(len(self.heads), dim=1))]
+        if self.mode == "single":
+            return tuple(outs[0].split(self.out_dims, dim=-1))
+        return tuple(outs)

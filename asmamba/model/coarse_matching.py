@@ -1,0 +1,115 @@
+"""Coarse matching: dual-softmax over all cell pairs, threshold, border removal, padding masks, and mutual nearest
+neighbours (LoFTR) or JamMa's union of one-way nearest neighbours."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+NEG_INF = -1e9
+
+
+def cell_centres(ids: torch.Tensor, w: int, stride: int) -> torch.Tensor:
+    """Pixel centres ``(N, 2)`` (x, y) of flat coarse-cell indices on a grid ``w`` cells wide.
+
+    Cell (c, r) covers pixels [stride*c, stride*c + stride) so its centre is ``stride*c + (stride-1)/2`` with pixel
+    centres at integer coordinates.
+    """
+    xy = torch.stack([ids % w, torch.div(ids, w, rounding_mode="floor")], dim=-1)
+    return xy.float() * stride + (stride - 1) / 2
+
+
+def border_mask(valid_hw: torch.Tensor, h: int, w: int, border: int) -> torch.Tensor:
+    """``(B, h*w)`` bool: cells inside each image's valid region and at least ``border`` cells from its edges.
+
+    Args:
+        valid_hw: ``(B, 2)`` long, the valid coarse height and width of each image (the rest is padding).
+    """
+    rows = torch.arange(h, device=valid_hw.device)[None, :, None]
+    cols = torch.arange(w, device=valid_hw.device)[None, None, :]
+    vh, vw = valid_hw[:, 0, None, None], valid_hw[:, 1, None, None]
+    inside = (rows >= border) & (rows < vh - border) & (cols >= border) & (cols < vw - border)
+    return inside.flatten(1)
+
+
+class CoarseMatching(nn.Module):
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        c = cfg.coarse
+        self.temperature, self.threshold, self.border = c.temperature, c.threshold, c.border_rm
+        self.rule = c.rule
+        self.train_fine_samples = c.train_fine_samples
+        self.proj = nn.Linear(cfg.dims.c_match, cfg.dims.c_match)
+
+    def confidence(self, f0: torch.Tensor, f1: torch.Tensor, valid0: torch.Tensor, valid1: torch.Tensor) -> torch.Tensor:
+        """Dual-softmax confidence ``(B, L0, L1)`` of ``(B, L, C)`` features; padded cells get 0.
+
+        Without gradients the matrix is built in place (one ``L0 x L1`` buffer) to keep large images in memory.
+        """
+        f0 = self.proj(f0)
+        f1 = self.proj(f1)
+        scale = 1.0 / (f0.shape[-1] * self.temperature)
+        sim = torch.einsum("blc,bsc->bls", f0, f1)  # (B, L0, L1)
+        pair_valid = valid0[:, :, None] & valid1[:, None, :]
+        if torch.is_grad_enabled():
+            sim = (sim * scale).masked_fill(~pair_valid, NEG_INF)
+            return F.softmax(sim, 1) * F.softmax(sim, 2)
+        sim.mul_(scale).masked_fill_(~pair_valid, NEG_INF)
+        lse_rows = torch.logsumexp(sim, dim=2, keepdim=True)  # (B, L0, 1)
+        lse_cols = torch.logsumexp(sim, dim=1, keepdim=True)  # (B, 1, L1)
+        return sim.mul_(2).sub_(lse_rows).sub_(lse_cols).exp_()
+
+    def select(self, conf: torch.Tensor, keep0: torch.Tensor, keep1: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Matches ``(b_ids, i_ids, j_ids, mconf)`` from a confidence matrix ``(B, L0, L1)``.
+
+        Args:
+            keep0, keep1: ``(B, L)`` cells allowed to match (valid and away from the border).
+        """
+        with torch.no_grad():
+            mask = (conf > self.threshold) & keep0[:, :, None] & keep1[:, None, :]
+            row_best = conf == conf.max(dim=2, keepdim=True).values
+            col_best = conf == conf.max(dim=1, keepdim=True).values
+            mask &= (row_best & col_best) if self.rule == "mutual" else (row_best | col_best)
+            b_ids, i_ids, j_ids = torch.nonzero(mask, as_tuple=True)
+        return b_ids, i_ids, j_ids, conf[b_ids, i_ids, j_ids]
+
+    def forward(self, f0: torch.Tensor, f1: torch.Tensor, data: dict) -> None:
+        """Match ``F_match`` tokens and write the results into ``data``.
+
+        Args:
+            f0, f1: ``(B, L, C_match)`` on the common coarse grid ``data['hw_c']``.
+            data: reads ``hw_c``, ``valid_hw0_c``, ``valid_hw1_c`` ``(B, 2)``, optional ``mask_c0``, ``mask_c1``
+                ``(B, L)`` bool, and in training the GT keys
+                ``spv_b_ids``/``spv_i_ids``/``spv_j_ids``.
+        Writes:
+            ``conf_matrix (B, L0, L1)``; ``b_ids, i_ids, j_ids, mconf (N,)``; ``mkpts0_c, mkpts1_c (N, 2)`` pixel
+            centres of the matched cells. In training the fine stage runs on (a sample of) the GT matches, given as
+            ``b_ids/i_ids/j_ids`` with ``fine_on_gt = True``.
+        """
+        h, w = data["hw_c"]
+        stride = data["stride_c"]
+        valid0 = border_mask(data["valid_hw0_c"], h, w, 0)
+        valid1 = border_mask(data["valid_hw1_c"], h, w, 0)
+        if "mask_c0" in data:
+            valid0 = valid0 & data["mask_c0"]
+        if "mask_c1" in data:
+            valid1 = valid1 & data["mask_c1"]
+        conf = self.confidence(f0, f1, valid0, valid1)
+        data["conf_matrix"] = conf
+        keep0 = border_mask(data["valid_hw0_c"], h, w, self.border) & valid0
+        keep1 = border_mask(data["valid_hw1_c"], h, w, self.border) & valid1
+        b_ids, i_ids, j_ids, mconf = self.select(conf, keep0, keep1)
+        data.update(pred_b_ids=b_ids, pred_i_ids=i_ids, pred_j_ids=j_ids, pred_mconf=mconf)
+        data["fine_on_gt"] = False
+        if self.training and "spv_b_ids" in data:
+            n_gt = data["spv_b_ids"].numel()
+            pick = torch.randperm(n_gt, device=f0.device)[: self.train_fine_samples]
+            b_ids, i_ids, j_ids = data["spv_b_ids"][pick], data["spv_i_ids"][pick], data["spv_j_ids"][pick]
+            mconf = conf[b_ids, i_ids, j_ids]
+            data["fine_on_gt"] = True
+        data.update(
+            b_ids=b_ids, i_ids=i_ids, j_ids=j_ids, mconf=mconf,
+            mkpts0_c=cell_centres(i_ids, w, stride), mkpts1_c=cell_centres(j_ids, w, stride),
+        )

@@ -1,0 +1,70 @@
+"""Training and evaluation datasets in the shared item layout (see :mod:`asmamba.training.data.common`).
+
+- :class:`MegaDepthScene` / :func:`load_megadepth`: MegaDepth in its real scene_info layout.
+- :class:`ScanNetPairs`: ScanNet in its real layout (test.npz / intrinsics.npz / color, depth, pose folders).
+- :class:`HomographyPairs`: self-supervised random homographic pairs from any images.
+- :func:`generate_scene`: writes a synthetic scene of textured planes in MegaDepth's layout.
+- :func:`build_dataset`: any of them from a ``configs/data`` preset, a YAML file or a dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Union
+
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import ConcatDataset, Dataset
+
+from asmamba.training.data.common import GT_DEPTH, GT_HOMOGRAPHY, make_pair_item
+from asmamba.training.data.homography import HomographyPairs
+from asmamba.training.data.megadepth import MegaDepthScene, load_megadepth, read_scene_info
+from asmamba.training.data.scannet import ScanNetPairs
+from asmamba.training.data.synthetic import generate_scene
+
+__all__ = [
+    "build_dataset",
+    "GT_DEPTH",
+    "GT_HOMOGRAPHY",
+    "HomographyPairs",
+    "MegaDepthScene",
+    "ScanNetPairs",
+    "generate_scene",
+    "load_megadepth",
+    "make_pair_item",
+    "read_scene_info",
+]
+
+
+def _required(conf: dict, keys: tuple[str, ...], kind: str) -> list[Any]:
+    missing = [k for k in keys if conf.get(k) in (None, "???")]
+    if missing:
+        raise ValueError(f"{kind} dataset config needs {missing}")
+    return [conf.pop(k) for k in keys]
+
+
+def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides: Any) -> Dataset:
+    """A dataset from a ``configs/data`` preset name (``megadepth``, ``megadepth_test``, ``scannet_test``,
+    ``homography_cpu``), a YAML path, a dict or a ``DictConfig``, with keyword overrides.
+
+    ``type`` selects the class (``megadepth``, ``scannet``, ``homography``, or ``concat`` with a ``datasets``
+    list of such configs); the other keys are its arguments. Values left ``???`` must come as overrides.
+
+    Raises:
+        ValueError: unknown type or a required value missing. TypeError: an option the dataset does not take.
+    """
+    from asmamba.config import as_dictconfig
+
+    cfg = as_dictconfig(config, "data")
+    conf = OmegaConf.to_container(OmegaConf.merge(cfg, OmegaConf.create(overrides)), resolve=False)
+    kind = conf.pop("type", None)
+    if kind == "concat":
+        return ConcatDataset([build_dataset(c) for c in conf.get("datasets", [])])
+    if kind == "megadepth":
+        root, index_dir = _required(conf, ("root", "index_dir"), kind)
+        return load_megadepth(root, index_dir, conf.pop("scenes", None), conf.pop("max_pairs_per_scene", None), **conf)
+    if kind == "scannet":
+        root, index, intrinsics = _required(conf, ("root", "index", "intrinsics"), kind)
+        return ScanNetPairs(root, index, intrinsics, **conf)
+    if kind == "homography":
+        (sources,) = _required(conf, ("sources",), kind)
+        return HomographyPairs(sources, **conf)
+    raise ValueError(f"unknown dataset type {kind!r}; known: megadepth, scannet, homography, concat")

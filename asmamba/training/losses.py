@@ -1,0 +1,153 @@
+"""AS-Mamba's training losses (SPEC section 3, kickoff section 4.1).
+
+``L_total = w_coarse L_coarse + w_fine L_fine + w_flow L_flow + w_geom L_geom``
+
+Every term reads the model's intermediate dict (``ASMamba(..., return_intermediate=True)`` or
+:class:`asmamba.model.network.ASMambaNet`) merged with the coarse ground truth of
+:func:`asmamba.training.supervision.compute_supervision_coarse`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def focal_loss_dual_softmax(
+    conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0,
+    pos_weight: float = 1.0, neg_weight: float = 1.0,
+) -> torch.Tensor:
+    """LoFTR's focal loss on a dual-softmax confidence matrix.
+
+    Args:
+        conf: ``(B, L0, L1)`` confidences in (0, 1); gt: ``(B, L0, L1)`` 0/1 ground truth;
+        valid: ``(B, L0, L1)`` bool, pairs of non-padding cells.
+    Returns:
+        ``pos_weight * mean_pos(-alpha (1-p)^gamma log p) + neg_weight * mean_neg(-alpha p^gamma log(1-p))``; a term
+        without any element contributes 0.
+    """
+    p = conf.clamp(1e-6, 1 - 1e-6)
+    pos = (gt > 0.5) & valid
+    neg = (gt <= 0.5) & valid
+    loss = conf.new_zeros(())
+    if pos.any():
+        pp = p[pos]
+        loss = loss + pos_weight * (-alpha * (1 - pp) ** gamma * pp.log()).mean()
+    if neg.any():
+        pn = p[neg]
+        loss = loss + neg_weight * (-alpha * pn**gamma * (1 - pn).log()).mean()
+    return loss
+
+
+def fine_l2_with_std(expec_f: torch.Tensor, expec_f_gt: torch.Tensor) -> torch.Tensor:
+    """LoFTR/ASpanFormer fine loss: L2 to the GT offset, weighted by the inverse predicted std.
+
+    Args:
+        expec_f: ``(M, 3)`` predicted normalised offset (x, y) in [-1, 1] and its std; expec_f_gt: ``(M, 2)``.
+    Only matches whose GT offset lies inside the window (``max |gt| < 1``) count; the weights are detached and
+    normalised to mean 1. Returns 0 without any such match.
+    """
+    inside = expec_f_gt.abs().max(dim=1).values < 1.0
+    if not inside.any():
+        return expec_f.sum() * 0.0
+    pred, gt, std = expec_f[inside, :2], expec_f_gt[inside], expec_f[inside, 2]
+    weight = 1.0 / std.clamp(min=1e-10)
+    weight = (weight / weight.mean()).detach()
+    return (((pred - gt) ** 2).sum(-1) * weight).mean()
+
+
+def probabilistic_flow_loss(flow: torch.Tensor, gt_xy: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """ASpanFormer's flow loss ``s + exp(-s) (g - mu)^2`` averaged over valid cells and both axes.
+
+    Args:
+        flow: ``(B, h, w, 4)`` = (mu_x, mu_y, s_x, s_y), mu in the other image's coarse cells, s = log-variance;
+        gt_xy: ``(B, h*w, 2)`` GT locations in the same units; valid: ``(B, h*w)`` bool.
+    """
+    flow = flow.flatten(1, 2)  # (B, L, 4)
+    if not valid.any():
+        return flow.sum() * 0.0
+    mu, s = flow[valid][:, :2], flow[valid][:, 2:]
+    return (s + torch.exp(-s) * (gt_xy[valid] - mu) ** 2).mean()
+
+
+def geometry_loss(
+    geom: torch.Tensor, gt_xy: torch.Tensor, covisible: torch.Tensor, cells: torch.Tensor, hw_other: tuple[int, int]
+) -> torch.Tensor:
+    """Auxiliary loss on the geometry stream: where is my match (normalised), and am I covisible at all.
+
+    Args:
+        geom: ``(B, h, w, 3)``: normalised (x, y) in [-1, 1] of the match in the other image, covisibility logit;
+        gt_xy: ``(B, h*w, 2)`` GT locations in the other image's coarse cells; covisible: ``(B, h*w)`` bool;
+        cells: ``(B, h*w)`` bool, the non-padding cells (covisibility is classified on all of them).
+    Returns:
+        ``smooth_l1(location) on covisible cells + BCE(covisibility) on all cells``.
+    """
+    geom = geom.flatten(1, 2)  # (B, L, 3)
+    h1, w1 = hw_other
+    scale = gt_xy.new_tensor([w1, h1])
+    target = (gt_xy + 0.5) / scale * 2 - 1  # cell units -> [-1, 1]
+    loss = F.binary_cross_entropy_with_logits(geom[..., 2][cells], covisible[cells].float()) if cells.any() \
+        else geom.sum() * 0.0
+    if covisible.any():
+        loss = loss + F.smooth_l1_loss(geom[..., :2][covisible], target[covisible], beta=0.1)
+    return loss
+
+
+def fine_ground_truth(data: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """GT normalised offset ``(M, 2)`` of every fine-stage match: where image 0's cell centre truly lands in image
+    1, relative to the matched cell's centre, in units of the fine window's half-width (``fine_radius_px``)."""
+    b, i = data["b_ids"], data["i_ids"]
+    warped = data["spv_w_pt0_i"][b, i]  # (M, 2) pixels in image 1
+    return (warped - data["mkpts1_c"]) / data["fine_radius_px"]
+
+
+class ASMambaLoss(nn.Module):
+    """The weighted sum of the four terms; ``forward`` returns the total and a dict of every term (detached)."""
+
+    def __init__(self, weights: Mapping[str, float], focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 pos_weight: float = 1.0, neg_weight: float = 1.0) -> None:
+        super().__init__()
+        unknown = set(weights) - {"coarse", "fine", "flow", "geom"}
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; terms are coarse, fine, flow, geom")
+        self.weights = {k: float(weights.get(k, 0.0)) for k in ("coarse", "fine", "flow", "geom")}
+        self.focal = dict(alpha=focal_alpha, gamma=focal_gamma, pos_weight=pos_weight, neg_weight=neg_weight)
+
+    def forward(self, data: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        h, w = data["hw_c"]
+        cells0 = _cells(data, "0", h, w)
+        cells1 = _cells(data, "1", h, w)
+        terms: dict[str, torch.Tensor] = {}
+        pair_valid = cells0[:, :, None] & cells1[:, None, :]
+        terms["coarse"] = focal_loss_dual_softmax(data["conf_matrix"], data["conf_matrix_gt"], pair_valid,
+                                                  **self.focal)
+        if data.get("fine_on_gt") and data["expec_f"].shape[0] > 0:
+            terms["fine"] = fine_l2_with_std(data["expec_f"], fine_ground_truth(data))
+        else:
+            terms["fine"] = data["conf_matrix"].sum() * 0.0
+        valid0, valid1 = data["spv_valid0"] & cells0, data["spv_valid1"] & cells1
+        flow = data["conf_matrix"].new_zeros(())
+        for flow01, flow10 in data["flows"]:
+            flow = flow + probabilistic_flow_loss(flow01, data["spv_flow0"], valid0)
+            flow = flow + probabilistic_flow_loss(flow10, data["spv_flow1"], valid1)
+        terms["flow"] = flow
+        terms["geom"] = geometry_loss(data["geom0"], data["spv_flow0"], valid0, cells0, (h, w)) + geometry_loss(
+            data["geom1"], data["spv_flow1"], valid1, cells1, (h, w)
+        )
+        total = sum(self.weights[k] * v for k, v in terms.items())
+        logged = {k: float(v.detach()) for k, v in terms.items()}
+        logged["total"] = float(total.detach())
+        return total, logged
+
+
+def _cells(data: Mapping[str, torch.Tensor], k: str, h: int, w: int) -> torch.Tensor:
+    """``(B, h*w)`` bool: the coarse cells inside image k's valid (unpadded) area and its mask."""
+    from ..model.coarse_matching import border_mask
+
+    cells = border_mask(data[f"valid_hw{k}_c"], h, w, 0)
+    if f"mask_c{k}" in data:
+        cells = cells & data[f"mask_c{k}"]
+    return cells

@@ -1,0 +1,386 @@
+"""``asmamba train CONFIG [key=value ...]``: AdamW, warm-up + cosine, gradient clipping, AMP on CUDA, a guard that
+skips non-finite steps, atomic checkpoints that resume bit for bit, a CSV log and a PNG of the loss curves.
+
+Distributed: under ``torchrun`` the trainer runs PyTorch DDP (NCCL on GPUs, gloo on CPU); every rank reads its own
+share of each global batch and only rank 0 writes files.
+
+The data order is a pure function of (seed, step), the items are deterministic, and the checkpoint holds every RNG
+state, so ``--resume`` continues with exactly the loss an uninterrupted run would have had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from ..checkpoint import half_state_dict, load_state, read_checkpoint, save_checkpoint
+from ..config import as_dictconfig, check_choices, configs_dir, load_config, merge_with_schema
+from ..model.network import ASMambaNet
+from .losses import ASMambaLoss
+from .supervision import compute_supervision_coarse
+
+TRAIN_SCHEMA = "default"
+TRAIN_CHOICES = {"supervision.rule": ("mutual", "union")}
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+def load_train_config(config: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """``configs/train/<name>.yaml`` or a YAML path, validated against ``configs/train/default.yaml``.
+
+    Raises:
+        asmamba.config.ConfigError: unknown key or value, before anything is trained.
+    """
+    schema = as_dictconfig(TRAIN_SCHEMA, "train")
+    cfg = merge_with_schema(schema, as_dictconfig(config, "train"), overrides=list(overrides))
+    check_choices(cfg, TRAIN_CHOICES)
+    load_config(cfg.model.config, list(cfg.model.overrides))  # the model part must be valid too
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+class Dist:
+    """Rank, world size and device of this process (a single process when not under torchrun)."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------- data
+def batch_indices(n_items: int, batch_size: int, seed: int, step: int, rank: int, world: int) -> list[int]:
+    """Item indices of this rank's share of global batch ``step``: a seeded permutation per epoch, sliced, so the
+    order depends on nothing but (seed, step) - resuming at any step reads the same items."""
+    global_bs = batch_size * world
+    per_epoch = max(1, n_items // global_bs)
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+    start = pos * global_bs + rank * batch_size
+    return [perm[(start + k) % n_items] for k in range(batch_size)]
+
+
+def collate(items: list[dict]) -> dict:
+    return torch.utils.data.default_collate(items)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def add_valid_sizes(batch: dict) -> dict:
+    """``valid_hw0/1 (B, 2)``: the extent of each image's valid (non-padding) pixels, from its mask."""
+    for k in ("0", "1"):
+        mask = batch[f"mask{k}"].bool()
+        rows = mask.any(dim=2).sum(dim=1)
+        cols = mask.any(dim=1).sum(dim=1)
+        batch[f"valid_hw{k}"] = torch.stack([rows, cols], dim=1).long()
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup: int, total: int, final: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``final``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# ----------------------------------------------------------------------------------------------- RNG states
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype=np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, cfg: DictConfig, out_dir: Optional[str] = None, resume: bool = False) -> None:
+        from .data import build_dataset
+
+        self.cfg = cfg
+        self.dist = Dist()
+        run = cfg.run
+        self.out = Path(out_dir or run.out_dir)
+        if run.threads and self.dist.device.type == "cpu":
+            torch.set_num_threads(int(run.threads))
+        seed_everything(int(run.seed) + self.dist.rank)
+        self.model_cfg = load_config(cfg.model.config, list(cfg.model.overrides))
+        self.model = ASMambaNet(self.model_cfg).to(self.dist.device)
+        if cfg.model.init:
+            ckpt = read_checkpoint(cfg.model.init)
+            load_state(self.model, ckpt["state_dict"], source=f"model.init {cfg.model.init!r}")
+        if self.model_cfg.encoder.freeze:
+            for p in self.model.encoder.parameters():
+                p.requires_grad_(False)
+        self.multiple = self.model.size_multiple()
+        self.train_module: torch.nn.Module = self.model
+        if self.dist.world > 1:
+            self.train_module = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        self.loss = ASMambaLoss(dict(cfg.loss.weights), cfg.loss.focal_alpha, cfg.loss.focal_gamma,
+                                cfg.loss.pos_weight, cfg.loss.neg_weight)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, o.warmup_steps, o.total_steps, o.final_lr_factor)
+        )
+        self.use_amp = bool(o.amp) and self.dist.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        train_data = cfg.data.train
+        self.dataset = build_dataset(train_data if isinstance(train_data, str) else OmegaConf.to_container(train_data))
+        if len(self.dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.step = 0
+        self.skipped = 0
+        if resume:
+            self._resume()
+
+    # ---- checkpoints
+    @property
+    def last_ckpt(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "config": OmegaConf.to_container(self.model_cfg, resolve=True),
+            "train_config": OmegaConf.to_container(self.cfg, resolve=True),
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "step": self.step,
+            "skipped": self.skipped,
+        }
+
+    def save(self) -> None:
+        if self.dist.main:
+            save_checkpoint(self.last_ckpt, self._payload())
+
+    def _resume(self) -> None:
+        if not self.last_ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.last_ckpt}")
+        ckpt = read_checkpoint(self.last_ckpt)
+        load_state(self.model, ckpt["state_dict"], source=str(self.last_ckpt))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.dist.world == 1:
+            set_rng_state(ckpt["rng"])
+        self.step, self.skipped = int(ckpt["step"]), int(ckpt["skipped"])
+
+    # ---- one step
+    def _batch(self, step: int) -> dict:
+        ids = batch_indices(len(self.dataset), self.cfg.data.batch_size, self.cfg.run.seed, step,
+                            self.dist.rank, self.dist.world)
+        batch = add_valid_sizes(collate([self.dataset[i] for i in ids]))
+        H, W = batch["image0"].shape[-2:]
+        if H % self.multiple or W % self.multiple:
+            raise ValueError(
+                f"training images are {H}x{W}; this model needs sides that are multiples of {self.multiple} "
+                "(set the dataset's output size accordingly)"
+            )
+        batch = to_device(batch, self.dist.device)
+        batch.update(compute_supervision_coarse(batch, stride=8, rule=self.cfg.supervision.rule))
+        return batch
+
+    def train_step(self, step: int) -> Optional[dict[str, float]]:
+        """One optimisation step; returns the logged losses, or None when the step was skipped (non-finite)."""
+        self.train_module.train()
+        batch = self._batch(step)
+        with torch.autocast(self.dist.device.type, dtype=torch.float16, enabled=self.use_amp):
+            data = self.train_module(batch)
+        loss, logged = self.loss(data)
+        finite = torch.isfinite(loss).float()
+        if self.dist.world > 1:  # every rank must take the same decision
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite.item() < 1:
+            self.skipped += 1
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.grad_clip
+        )
+        if not torch.isfinite(grad_norm):
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        logged.update(lr=self.optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
+                      n_gt=float(batch["spv_b_ids"].numel()), n_pred=float(data["pred_b_ids"].numel()))
+        return logged
+
+    # ---- loop
+    def fit(self, max_steps: Optional[int] = None) -> list[dict[str, float]]:
+        """Train until ``optim.total_steps`` (or ``max_steps`` more steps); returns this call's log rows."""
+        from tqdm import tqdm
+
+        total = int(self.cfg.optim.total_steps)
+        end = total if max_steps is None else min(total, self.step + max_steps)
+        rows: list[dict[str, float]] = []
+        bar = tqdm(range(self.step, end), initial=self.step, total=total, desc="train",
+                   disable=not self.dist.main or not self.cfg.run.progress, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for step in bar:
+            logged = self.train_step(step)
+            self.step = step + 1
+            if logged is None:
+                print(f"step {step}: non-finite loss or gradient, skipped ({self.skipped} so far)", file=sys.stderr)
+                continue
+            logged["step"] = float(step)
+            logged["seconds"] = time.perf_counter() - t0
+            rows.append(logged)
+            bar.set_postfix(loss=f"{logged['total']:.3f}", coarse=f"{logged['coarse']:.3f}")
+            if self.dist.main and (step % self.cfg.run.log_every == 0 or self.step == end):
+                self._append_log(logged)
+            if self.step % self.cfg.run.ckpt_every == 0 or self.step == end:
+                self.save()
+        if self.dist.main and rows:
+            self.plot()
+        self.dist.barrier()
+        return rows
+
+    def _append_log(self, row: dict[str, float]) -> None:
+        path = self.out / "log.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = ["step", "total", "coarse", "fine", "flow", "geom", "lr", "grad_norm", "n_gt", "n_pred", "seconds"]
+        new = not path.is_file()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def plot(self) -> Optional[Path]:
+        """PNG of every loss term against the step, from the CSV log."""
+        path = self.out / "log.csv"
+        if not path.is_file():
+            return None
+        return plot_training_log(path, self.out / "loss_curves.png")
+
+    def export(self, path: str) -> None:
+        """Write an fp16 inference checkpoint (weights + model config) for shipping."""
+        save_checkpoint(path, {"config": OmegaConf.to_container(self.model_cfg, resolve=True),
+                               "state_dict": half_state_dict(self.model), "step": self.step})
+
+
+def plot_training_log(csv_path: Path, png_path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    steps = [float(r["step"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("total", "coarse", "fine", "flow", "geom"):
+        axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    axes[0].set_title("AS-Mamba training losses")
+    axes[1].plot(steps, [float(r["n_pred"]) for r in rows], label="predicted coarse matches")
+    axes[1].plot(steps, [float(r["n_gt"]) for r in rows], label="GT coarse matches")
+    axes[1].set_xlabel("step")
+    axes[1].legend()
+    fig.tight_layout()
+    tmp = png_path.with_name(png_path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="asmamba train", description="train AS-Mamba (configs/train/)")
+    parser.add_argument("config", help=f"train preset ({', '.join(p.stem for p in configs_dir('train').glob('*.yaml'))}) or YAML path")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 run.out_dir=runs/x")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoints/last.pt")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (a sitting)")
+    parser.add_argument("--export", default=None, help="after training, write an fp16 inference checkpoint here")
+    args = parser.parse_args(argv)
+    cfg = load_train_config(args.config, args.overrides)
+    trainer = Trainer(cfg, resume=args.resume)
+    try:
+        trainer.fit(args.max_steps)
+        if args.export and trainer.dist.main:
+            trainer.export(args.export)
+            print(f"exported {args.export}")
+        if trainer.dist.world > 1:
+            report_weight_agreement(trainer)
+    finally:
+        trainer.dist.close()
+    return 0
+
+
+def report_weight_agreement(trainer: Trainer) -> None:
+    """Under DDP, check that every rank ended with the same weights (rank 0 prints the verdict)."""
+    flat = torch.cat([p.detach().float().flatten() for p in trainer.model.parameters()])
+    checksum = torch.stack([flat.sum(), (flat * torch.arange(flat.numel(), device=flat.device) % 97).sum()])
+    gathered = [torch.zeros_like(checksum) for _ in range(trainer.dist.world)]
+    dist.all_gather(gathered, checksum)
+    agree = all(torch.equal(g, gathered[0]) for g in gathered)
+    if trainer.dist.main:
+        print(f"ranks agree on the weights: {agree}")
+        (trainer.out / "ddp_agreement.txt").write_text(f"{agree}\n")

@@ -1,0 +1,102 @@
+"""Model pieces against independent references: coarse matching vs a naive loop, fine windows vs bilinear
+sampling, the adaptive span rule vs ASpanFormer's formula."""
+
+import torch
+import torch.nn.functional as F
+
+from asmamba.config import load_config
+from asmamba.model.coarse_matching import CoarseMatching, border_mask, cell_centres
+from asmamba.model.fine_matching import unfold_windows
+from asmamba.model.local_path import sample_cells, span_offsets
+
+
+def test_cell_centres_are_pixel_centres_of_the_cell():
+    ids = torch.tensor([0, 1, 5, 7])  # grid 3 wide
+    xy = cell_centres(ids, 3, 8)
+    # cell (c, r) covers pixels 8c .. 8c+7 -> centre 8c + 3.5
+    assert torch.equal(xy, torch.tensor([[3.5, 3.5], [11.5, 3.5], [19.5, 11.5], [11.5, 19.5]]))
+
+
+def test_border_mask_counts():
+    m = border_mask(torch.tensor([[6, 5], [4, 4]]), 6, 6, 1).reshape(2, 6, 6)
+    assert m[0].sum() == 4 * 3 and m[1].sum() == 2 * 2
+    assert not m[0, 0].any() and not m[0, :, 4:].any()
+
+
+def _naive_mutual_matches(conf, thr):
+    B, L0, L1 = conf.shape
+    found = set()
+    for b in range(B):
+        for i in range(L0):
+            j = int(conf[b, i].argmax())
+            if conf[b, i, j] > thr and int(conf[b, :, j].argmax()) == i:
+                found.add((b, i, j))
+    return found
+
+
+def test_coarse_matching_matches_naive_dual_softmax_mnn():
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.01"])
+    cm = CoarseMatching(cfg).eval()
+    B, h, w, C = 2, 4, 6, cfg.dims.c_match
+    f0, f1 = torch.randn(B, h * w, C), torch.randn(B, h * w, C)
+    full = torch.tensor([[h, w]] * B)
+    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full}
+    with torch.no_grad():
+        cm(f0, f1, data)
+        p0, p1 = cm.proj(f0), cm.proj(f1)
+        sim = torch.einsum("blc,bsc->bls", p0, p1) / (C * cfg.coarse.temperature)
+        ref = sim.softmax(1) * sim.softmax(2)
+    assert torch.allclose(data["conf_matrix"], ref, atol=1e-6)
+    got = set(zip(data["b_ids"].tolist(), data["i_ids"].tolist(), data["j_ids"].tolist()))
+    assert got == _naive_mutual_matches(ref, cfg.coarse.threshold)
+    assert got  # random features at this threshold do give matches
+
+
+def test_coarse_matching_respects_padding():
+    torch.manual_seed(1)
+    cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.0"])
+    cm = CoarseMatching(cfg).eval()
+    h, w, C = 4, 4, cfg.dims.c_match
+    f = torch.randn(1, h * w, C)
+    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": torch.tensor([[2, 3]]),
+            "valid_hw1_c": torch.tensor([[4, 4]])}
+    with torch.no_grad():
+        cm(f, f.clone(), data)
+    rows, cols = data["i_ids"] // w, data["i_ids"] % w
+    assert (rows < 2).all() and (cols < 3).all()
+    assert data["conf_matrix"][0].reshape(h, w, -1)[2:].abs().max() < 1e-6
+
+
+def test_unfold_windows_equals_bilinear_sampling_at_cell_centres():
+    torch.manual_seed(0)
+    B, C, h, w, ratio, window = 1, 3, 3, 4, 4, 5
+    fine = torch.randn(B, C, ratio * h, ratio * w)
+    got = unfold_windows(fine, window, ratio)  # (B, h*w, 25, C)
+    H, W = fine.shape[-2:]
+    half = (window - 1) // 2
+    for cell in range(h * w):
+        r, c = divmod(cell, w)
+        cy, cx = ratio * r + (ratio - 1) / 2, ratio * c + (ratio - 1) / 2  # fine coordinates of the centre
+        for k in range(window * window):
+            dy, dx = divmod(k, window)
+            y, x = cy + dy - half, cx + dx - half
+            grid = torch.tensor([[[[(x + 0.5) / W * 2 - 1, (y + 0.5) / H * 2 - 1]]]], dtype=fine.dtype)
+            ref = F.grid_sample(fine, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, :, 0, 0]
+            assert torch.allclose(got[0, cell, k], ref, atol=1e-5), (cell, k)
+
+
+def test_span_offsets_follow_aspanformer_rule():
+    sigma = torch.tensor([[0.1, 4.0]])  # confident in x, uncertain in y
+    off = span_offsets(sigma, k=5, radius_sigmas=5.0, min_spacing=1.0)  # (1, 25, 2)
+    xs, ys = off[0, :, 0].unique(), off[0, :, 1].unique()
+    assert torch.allclose(xs, torch.arange(-2.0, 3.0))  # spacing max(1, 2*5*0.1/5) = 1
+    assert torch.allclose(ys, torch.arange(-2.0, 3.0) * 8.0)  # spacing 2*5*4/5 = 8 -> radius 16 cells ~ 4 sigma
+    assert torch.allclose(off[0, 1], torch.tensor([-1.0, -16.0]))  # row-major over the grid
+
+
+def test_sample_cells_reads_exact_cells():
+    feat = torch.arange(12.0).reshape(1, 1, 3, 4)
+    xy = torch.tensor([[[0.0, 0.0], [3.0, 2.0], [1.5, 1.0], [-5.0, 0.0]]])
+    out = sample_cells(feat, xy)[0, :, 0]
+    assert torch.allclose(out, torch.tensor([0.0, 11.0, 5.5, 0.0]))
