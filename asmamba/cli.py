@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 DELEGATED = {
     "reconstruct": "asmamba.pipelines.reconstruct:main",
     "localize": "asmamba.pipelines.localize:main",
+    "match-dense": "asmamba.pipelines.match:main",
+    "evaluate-sfm": "asmamba.pipelines.evaluate:main",
     "train": "asmamba.training.trainer:main",
     "demo": "asmamba.demo:main",
 }

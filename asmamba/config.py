@@ -104,7 +104,37 @@ def merge_with_schema(schema: DictConfig, *layers: DictConfig, overrides: Option
     except (ConfigKeyError, ValidationError) as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", None)
         raise ConfigError(f"bad config key {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+    _check_types(OmegaConf.to_container(schema, resolve=True), OmegaConf.to_container(merged, resolve=True), "")
     return merged  # type: ignore[return-value]
+
+
+def _check_types(schema: Any, value: Any, path: str) -> None:
+    """Every leaf must have its schema default's type (an int is a valid float; ``None`` defaults take anything)."""
+    if schema is None or value is None and schema is None:
+        return
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            if path.endswith("train") or path.endswith("init"):
+                return
+            raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
+        for k, v in value.items():
+            if k in schema:
+                _check_types(schema[k], v, f"{path}.{k}" if path else k)
+        return
+    if isinstance(schema, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(schema, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(schema, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(schema, list):
+        ok = isinstance(value, list)
+    elif isinstance(schema, str):
+        ok = isinstance(value, (str, dict))  # a preset name may be replaced by an inline mapping
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"config key {path!r} must be of type {type(schema).__name__}, got {value!r}")
 
 
 def check_choices(cfg: DictConfig, choices: Mapping[str, Sequence[str]]) -> None:

@@ -328,3 +328,40 @@ def aggregate(
             write_matches(fd, pair[0], pair[1], matches0, scores0, dense)
             report.num_matches[pair] = len(index_pairs)
     return report
+
+
+def match_to_hloc(
+    matcher: Union[torch.nn.Module, Callable[[], torch.nn.Module]],
+    pairs: Union[PathLike, Sequence[Pair]],
+    image_dir: PathLike,
+    export_dir: PathLike,
+    tag: str = "matcher",
+    resize_max: Optional[int] = 1024,
+    conf: QuantizationConf = QuantizationConf(),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[Path, Path]:
+    """One call from pairs to hloc files: :func:`match_pairs` then :func:`aggregate`.
+
+    Args:
+        pairs: an hloc pairs file (``name0 name1`` per line) or a list of pairs.
+        export_dir: receives ``features.h5``, ``matches.h5`` and the raw-match cache ``dense/``.
+        tag: names the matcher and its settings in the cache (change it when they change).
+
+    Returns:
+        the paths of ``features.h5`` and ``matches.h5``.
+    """
+    if isinstance(pairs, (str, os.PathLike)):
+        path = Path(pairs)
+        if not path.is_file():
+            raise FileNotFoundError(f"pairs file {str(path)!r} does not exist")
+        pairs = [tuple(line.split()[:2]) for line in path.read_text().splitlines() if line.strip()]
+    export_dir = Path(export_dir)
+    cache = DenseMatchCache(export_dir / "dense", f"{tag}|resize_max={resize_max}")
+    report = match_pairs(matcher, pairs, image_dir, cache, resize_max, overwrite=overwrite, progress=progress)
+    if report.failed:
+        first = next(iter(report.failed.items()))
+        raise ValueError(f"{len(report.failed)} pair(s) could not be matched (first: {first[0]}: {first[1]})")
+    features, matches = export_dir / "features.h5", export_dir / "matches.h5"
+    aggregate(pairs, cache, features, matches, conf, progress=progress)
+    return features, matches

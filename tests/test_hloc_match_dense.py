@@ -171,3 +171,16 @@ def test_pairs_and_shards_helpers():
     pairs = [(str(i), str(i + 100)) for i in range(7)]
     shards = [shard_pairs(pairs, (i, 3)) for i in (1, 2, 3)]
     assert sorted(sum(shards, [])) == sorted(pairs) and [len(s) for s in shards] == [3, 2, 2]
+
+
+def test_one_call_from_a_pairs_file(image_dir, tmp_path):
+    from asmamba_hloc.match_dense import match_to_hloc
+
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png b.png\nb.png c.png\n")
+    features, matches = match_to_hloc(GridMatcher(), pairs, image_dir, tmp_path / "out", resize_max=None,
+                                      progress=False)
+    assert len(read_matches(matches, "b.png", "c.png")[0]) == len(GRID)
+    assert len(read_keypoints(features, "b.png")) == len(GRID)
+    with pytest.raises(FileNotFoundError, match="pairs file"):
+        match_to_hloc(GridMatcher(), tmp_path / "none.txt", image_dir, tmp_path / "out")

@@ -194,3 +194,37 @@ def test_with_real_hloc_match_dense_then_reconstruction(tmp_path):
     features, matches = match_dense.main(conf, pairs, images, export_dir=tmp_path)
     model = reconstruction.main(tmp_path / "sfm", images, pairs, features, matches, image_list=names)
     assert model is not None and model.num_reg_images() >= 3
+
+
+def test_with_real_hloc_and_the_asmamba_model(tmp_path):
+    """hloc's own match_dense + reconstruction with confs["asmamba"] and a real (untrained, tiny) AS-Mamba."""
+    pytest.importorskip("hloc.match_dense", reason="hloc is not installed (it is not on the package index)")
+    from asmamba.io import data_root
+
+    images = data_root() / "pose" / "strecha_entry-P10" / "images"
+    if not images.is_dir():
+        pytest.skip(f"real data not found at {images} (set ASMAMBA_DATA)")
+    import h5py
+    from hloc import match_dense, reconstruction
+
+    from asmamba import ASMamba
+    from asmamba.checkpoint import save_checkpoint
+    from asmamba.config import to_plain
+
+    model = ASMamba(config="tiny", pretrained=None)
+    weights = tmp_path / "untrained.pt"
+    save_checkpoint(weights, {"config": to_plain(model.config), "state_dict": model.net.state_dict()})
+    asmamba_hloc.register()
+    names = ["0000.jpg", "0001.jpg", "0002.jpg"]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("0000.jpg 0001.jpg\n0001.jpg 0002.jpg\n")
+    conf = {**match_dense.confs["asmamba"]}
+    conf["model"] = {**conf["model"], "weights": str(weights), "match_threshold": 0.0}
+    conf["preprocessing"] = {**conf["preprocessing"], "resize_max": 256}
+    features, matches = match_dense.main(conf, pairs, images, export_dir=tmp_path)
+    with h5py.File(matches, "r") as fd:
+        for a, b in (("0000.jpg", "0001.jpg"), ("0001.jpg", "0002.jpg")):
+            assert fd[f"{a}/{b}/matches0"].dtype == "int32"
+    with h5py.File(features, "r") as fd:
+        assert set(fd.keys()) == set(names)
+    reconstruction.main(tmp_path / "sfm", images, pairs, features, matches, image_list=names)  # no exception
