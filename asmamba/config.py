@@ -17,6 +17,16 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 ConfigLike = Union[str, os.PathLike, Mapping[str, Any], DictConfig, None]
 
+
+def _data_root() -> str:
+    from .io import data_root
+
+    return str(data_root())
+
+
+# ``${data_root:}`` in any config: the shared real-data folder ($ASMAMBA_DATA, else ../shared/data beside the repo)
+OmegaConf.register_resolver("data_root", _data_root, replace=True)
+
 SCHEMA_PRESET = "base"
 
 #: Allowed values of the enumerated keys (checked after merging).

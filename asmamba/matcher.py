@@ -82,10 +82,11 @@ class ASMamba(nn.Module):
           images may differ in size; any size of at least 32x32 works (padding and masks are internal).
         - ``mask0``, ``mask1`` (optional): ``(B, H, W)``, 0 marks padded pixels (a coarse cell takes the value of
           its top-left pixel, as in kornia's LoFTR).
-        - Outputs: ``keypoints0 (N, 2)``, ``keypoints1 (N, 2)`` float32 ``(x, y)`` pixels with pixel centres at
-          integer coordinates (kornia/OpenCV frame; add 0.5 for COLMAP); ``confidence (N,)`` the coarse
-          dual-softmax score; ``batch_indexes (N,)`` long. ``keypoints0`` are coarse cell centres, ``keypoints1``
-          are refined to sub-pixel accuracy. Outputs live on the input's device.
+        - Outputs: ``keypoints0 (N, 2)``, ``keypoints1 (N, 2)`` float32 (float64 for a float64 model, as kornia's
+          LoFTR) ``(x, y)`` pixels with pixel centres at integer coordinates (kornia/OpenCV frame; add 0.5 for
+          COLMAP); ``confidence (N,)`` the coarse dual-softmax score in the model's dtype; ``batch_indexes (N,)``
+          long. ``keypoints0`` are coarse cell centres, ``keypoints1`` are refined to sub-pixel accuracy. Outputs
+          live on the input's device.
     """
 
     def __init__(
@@ -175,9 +176,11 @@ class ASMamba(nn.Module):
         )
         if result.get("fine_on_gt"):  # training: the matches are GT samples, keep them all for the losses
             inside = torch.ones_like(inside)
+        # float32, float64 for a float64 model (kornia's LoFTR convention)
+        kpts_dtype = torch.promote_types(next(self.net.parameters()).dtype, torch.float32)
         out = {
-            "keypoints0": kpts0[inside].float().detach(),
-            "keypoints1": kpts1[inside].float().detach(),
+            "keypoints0": kpts0[inside].to(kpts_dtype).detach(),
+            "keypoints1": kpts1[inside].to(kpts_dtype).detach(),
             "confidence": result["mconf"][inside].detach(),
             "batch_indexes": b_ids[inside].long(),
         }

@@ -49,8 +49,8 @@ def init_dt_proj(
             dt_proj.weight.fill_(std)
         else:
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-        log_dt = torch.rand(dt_proj.out_features, device=dt_proj.bias.device)
-        dt = torch.exp(log_dt * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        fraction = torch.rand(dt_proj.out_features, device=dt_proj.bias.device)
+        dt = torch.exp(fraction * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
         dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
     dt_proj.bias._no_reinit = True  # mamba-ssm's marker: keep this bias when other biases are re-initialised
 
@@ -83,7 +83,7 @@ def ssm_inputs(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
         module: holds ``x_proj``, ``dt_proj``, ``A_log``.
         x: (B, d_inner, L) the convolved, activated features.
     Returns:
-        delta: (B, d_inner, L) before bias and softplus; A: (d_inner, N) = -exp(A_log) in float32;
+        delta: (B, d_inner, L) before bias and softplus; A: (d_inner, N) = -exp(A_log), at least float32;
         B, C: (B, N, L).
     """
     d_state = module.A_log.shape[1]
@@ -91,7 +91,12 @@ def ssm_inputs(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     x_dbl = module.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
     dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
     delta = F.linear(dt, module.dt_proj.weight).transpose(1, 2)  # the bias goes in as the scan's delta_bias
-    return delta, -torch.exp(module.A_log.float()), B.transpose(1, 2), C.transpose(1, 2)
+    return delta, -torch.exp(at_least_float32(module.A_log)), B.transpose(1, 2), C.transpose(1, 2)
+
+
+def at_least_float32(t: Tensor) -> Tensor:
+    """SSM parameters are used in float32 (mamba-ssm keeps A, D and the dt bias in float32), or float64 if they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def causal_conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
@@ -100,6 +105,13 @@ def causal_conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
     x: (B, d, L) -> (B, d, L); output t sees inputs t - kernel_size + 1 .. t only.
     """
     return conv(x)[..., : x.shape[-1]]
+
+
+def check_positive_ints(owner: str, **values: object) -> None:
+    """Raise a ValueError naming the first argument that is not a positive int."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 
 def check_sequence(x: Tensor, d_model: int, name: str) -> None:
@@ -134,9 +146,7 @@ class Mamba(nn.Module):
         device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Mamba: {name} must be a positive int, got {value!r}")
+        check_positive_ints("Mamba", d_model=d_model, d_state=d_state, d_conv=d_conv)
         factory = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
@@ -156,6 +166,6 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         x = F.silu(causal_conv(self.conv1d, x))
         delta, A, B, C = ssm_inputs(self, x)
-        y = selective_scan(x, delta, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-                           delta_softplus=True)
+        y = selective_scan(x, delta, A, B, C, at_least_float32(self.D), z=z,
+                           delta_bias=at_least_float32(self.dt_proj.bias), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))

@@ -24,7 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .mamba import add_ssm_parameters, causal_conv, check_sequence, resolve_dt_rank, ssm_inputs
+from .mamba import (
+    add_ssm_parameters, at_least_float32, causal_conv, check_positive_ints, check_sequence, resolve_dt_rank, ssm_inputs,
+)
 from .selective_scan import selective_scan
 
 HEAD_MODES = ("multi", "single")
@@ -67,11 +69,10 @@ class MultiHeadMamba(nn.Module):
         if heads not in HEAD_MODES:
             raise ValueError(f"MultiHeadMamba: heads must be one of {HEAD_MODES}, got {heads!r}")
         out_dims = tuple(out_dims)
-        if not out_dims or any(not isinstance(c, int) or c < 1 for c in out_dims):
-            raise ValueError(f"MultiHeadMamba: out_dims must be a non-empty sequence of positive ints, got {out_dims}")
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"MultiHeadMamba: {name} must be a positive int, got {value!r}")
+        if not out_dims:
+            raise ValueError("MultiHeadMamba: out_dims must name at least one output stream")
+        check_positive_ints("MultiHeadMamba", d_model=d_model, d_state=d_state, d_conv=d_conv,
+                            **{f"out_dims[{k}]": c for k, c in enumerate(out_dims)})
         self.d_model, self.d_state, self.out_dims, self.mode = d_model, d_state, out_dims, heads
         self.d_inner = int(expand * d_model)
         num_heads = len(out_dims) if heads == "multi" else 1
@@ -101,8 +102,8 @@ class MultiHeadMamba(nn.Module):
         deltas, As, Bs, Cs = zip(*per_head)
         delta, A = torch.cat(deltas, dim=1), torch.cat(As, dim=0)  # (B, d_inner, L), (d_inner, N)
         B, C = torch.stack(Bs, dim=1), torch.stack(Cs, dim=1)  # (B, heads, N, L): head k drives its own channels
-        D = torch.cat([head.D.float() for head in self.heads])
-        delta_bias = torch.cat([head.dt_proj.bias.float() for head in self.heads])
+        D = torch.cat([at_least_float32(head.D) for head in self.heads])
+        delta_bias = torch.cat([at_least_float32(head.dt_proj.bias) for head in self.heads])
         y = selective_scan(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
         outs = [head.out_proj(yh.transpose(1, 2)) for head, yh in zip(self.heads, y.chunk(len(self.heads), dim=1))]
         if self.mode == "single":

@@ -1,4 +1,4 @@
-"""Selective scan (the Mamba-1 S6 recurrence): an exact chunked PyTorch scan and mamba-ssm's CUDA kernel.
+"""Selective scan (the Mamba-1 S6 recurrence): an exact blocked PyTorch scan and mamba-ssm's CUDA kernel.
 
 The recurrence, for every batch element b, channel d and state index n (``g(d)`` is the group of channel d)::
 
@@ -13,14 +13,16 @@ Two backends, chosen at run time by :func:`selective_scan`:
 
 - ``"mamba_ssm"``: the fused CUDA kernel, used for CUDA tensors when ``mamba_ssm`` imports with its compiled
   extension (imported lazily, once) and the inputs are within the kernel's limits.
-- ``"pytorch"``: :func:`selective_scan_pytorch`, an exact scan written with PyTorch operations. The sequence is cut
-  into ``n_chunks`` chunks of ``chunk_len`` steps and every chunk is scanned at the same time (a loop over the
-  ``chunk_len`` positions, each step working on all chunks at once); a short sequential pass over the chunks then
-  carries the state from chunk to chunk, and a second in-chunk pass finishes the outputs. Only decays
-  ``exp(delta * A) <= 1`` and their products are ever formed (no ``exp`` of a cumulative sum with the wrong sign),
-  so large ``delta * A`` underflows harmlessly instead of overflowing. A custom backward runs the adjoint
-  recurrence the same way in reverse; it keeps one ``(batch, dim, L, N)`` buffer alive while it runs and the forward
-  keeps none (it saves only the chunk-start states).
+- ``"pytorch"``: :func:`selective_scan_pytorch`, an exact scan written with PyTorch operations. The sequence is
+  walked block by block; a block of ``chunk_len * chunks_per_block`` steps is cut into chunks that are scanned side
+  by side (a Python loop over the ``chunk_len`` in-chunk steps, each operating on all chunks of the block), first
+  from zero to get every chunk's end state, then, after a short pass that carries the state from chunk to chunk,
+  again from the true chunk-start states to read the outputs. A block's decays and states are sized to stay in
+  cache. Only decays ``exp(delta * A)`` (<= 1 for A <= 0) and products of them are formed (never ``exp`` of a
+  cumulative sum with the wrong sign), so large ``delta * A`` underflows harmlessly instead of overflowing. A custom
+  backward runs the adjoint recurrence the same way, block by block in reverse, recomputing the states from the
+  chunk-start states that the forward keeps (L / chunk_len states; nothing of size (batch, dim, L, N) is kept or
+  built).
 
 :func:`selective_scan_reference` is the plain step-by-step loop, kept for tests and benchmarks.
 """
@@ -42,10 +44,9 @@ BACKEND_MAMBA_SSM = "mamba_ssm"
 # Set to False to force the PyTorch scan even where mamba-ssm's kernel is available (e.g. to compare the two).
 prefer_mamba_ssm: bool = True
 
-# Cost model used to pick the chunk length of the PyTorch scan: a Python-level step costs about
-# `step_overhead_s` plus `element_cost_s` per state element it touches (the unchunked scan touches every element
-# once, the chunked one about twice). Rough values measured on a 2-core x86 machine; only the ratio matters.
-scan_cost_model = {"step_overhead_s": 1e-4, "element_cost_s": 3e-9, "max_chunk_len": 1024}
+# Blocking of the PyTorch scan: a block holds about `block_elements` state values (time steps x batch x dim x N), so
+# that its decays, states and adjoints stay in cache while the Python loops walk over it (see choose_blocking).
+scan_blocking = {"block_elements": 2**19}
 
 ScanOutput = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -190,248 +191,312 @@ def _skip_and_gate(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# the chunked PyTorch scan
+# the blocked PyTorch scan
 # --------------------------------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=256)
-def choose_chunk_len(length: int, state_elements_per_step: int) -> int:
-    """Chunk length of the PyTorch scan that minimises :data:`scan_cost_model`'s estimate.
+def choose_blocking(length: int, state_elements_per_step: int) -> tuple[int, int]:
+    """Chunk length T and chunks per block m of the PyTorch scan (see :data:`scan_blocking`).
+
+    A block of T * m steps keeps its decays and states, ``T * m * state_elements_per_step`` values each, in cache
+    while the Python loops walk over it; T ~ sqrt(T * m) keeps both loops short.
 
     Args:
         length: sequence length L.
-        state_elements_per_step: batch * dim * N, the state size one time step updates.
+        state_elements_per_step: batch * dim * N, the state one time step updates.
     Returns:
-        the chunk length in ``[1, length]``; ``length`` means a single chunk (a plain sequential scan).
+        (chunk_len, chunks_per_block), both >= 1.
     """
-    overhead = scan_cost_model["step_overhead_s"]
-    per_element = scan_cost_model["element_cost_s"] * state_elements_per_step * length
-
-    def cost(chunk_len: int) -> float:
-        n_chunks = math.ceil(length / chunk_len)
-        if n_chunks == 1:
-            return length * overhead + per_element
-        # two in-chunk passes, one pass over the chunks; the padded tail is scanned too
-        return (2 * chunk_len + n_chunks) * overhead + 2 * per_element * n_chunks * chunk_len / length
-
-    candidates = {length} | {c for c in range(1, min(length, scan_cost_model["max_chunk_len"]) + 1)}
-    return min(sorted(candidates), key=cost)
+    block = max(1, min(length, scan_blocking["block_elements"] // max(1, state_elements_per_step)))
+    chunk_len = max(1, min(block, round(math.sqrt(block))))
+    return chunk_len, math.ceil(block / chunk_len)
 
 
-def _to_chunks(x: Tensor, groups: int, chunk_len: int, n_chunks: int) -> Tensor:
-    """(batch, groups * K, L) -> (chunk_len, batch, n_chunks, groups, K), zero-padded in time, contiguous.
+def _exp_decay_(log_decay: Tensor) -> Tensor:
+    """exp in place, with exponents below log(smallest normal float) raised to it first.
 
-    Inputs with a state axis, (batch, groups, N, L), become (chunk_len, batch, n_chunks, groups, N).
+    exp's underflow path (subnormal or zero results) was ~10x slower than its normal path on the x86 CPU measured, and
+    trained Mamba layers produce many such exponents (delta * A of -100 and below). The raised value differs from
+    the true decay by less than the smallest normal number (1e-38 in float32), far below the precision of the state.
     """
-    length = x.shape[-1]
-    x = F.pad(x, (0, n_chunks * chunk_len - length))
-    x = x.reshape(x.shape[0], groups, -1, n_chunks, chunk_len)
-    return x.permute(4, 0, 3, 1, 2).contiguous()
+    return log_decay.clamp_(min=_LOG_TINY[log_decay.dtype]).exp_()
 
 
-def _from_chunks(x: Tensor, length: int) -> Tensor:
-    """(chunk_len, batch, n_chunks, groups, K) -> (batch, groups * K, length): the inverse of :func:`_to_chunks`."""
-    chunk_len, batch, n_chunks, groups, k = x.shape
-    x = x.permute(1, 3, 4, 2, 0).reshape(batch, groups * k, n_chunks * chunk_len)
-    return x[..., :length]
+_LOG_TINY = {dtype: math.log(torch.finfo(dtype).tiny) + 1e-3 for dtype in (torch.float32, torch.float64)}
 
 
-class _Chunks:
-    """The scan's inputs in chunked, time-major layout (see :func:`_to_chunks`).
+class _Blocks:
+    """The scan's inputs read block by block in time-major layout, and the buffers of one block.
 
-    Attributes:
-        delta: (T, b, c, g, k) step sizes; delta_u: (T, b, c, g, k) delta * u;
-        B, C: (T, b, c, g, N); A: (g, k, N) with k = dim / g channels per group; T = chunk_len, c = n_chunks.
+    The sequence is cut into blocks of m chunks of T steps: block j covers steps [j*T*m, (j+1)*T*m) and its chunk c
+    the T steps from j*T*m + c*T. A block's per-step values are laid out (T, b, m, g, K): step t of every chunk
+    together. g is the number of B/C groups, k = dim / g the channels of a group; states are (T, b, m, g, N, k).
+    The last block is zero-padded (delta = 0 there: decay 1, drive 0, so the state passes through unchanged).
     """
 
-    def __init__(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int) -> None:
-        self.length = u.shape[-1]
-        self.groups = B.shape[1]
-        n_chunks = math.ceil(self.length / chunk_len)
-        self.delta = _to_chunks(delta, self.groups, chunk_len, n_chunks)
-        self.delta_u = _to_chunks(delta * u, self.groups, chunk_len, n_chunks)
-        self.B = _to_chunks(B, self.groups, chunk_len, n_chunks)
-        self.C = _to_chunks(C, self.groups, chunk_len, n_chunks)
-        self.A = A.reshape(self.groups, -1, A.shape[-1])
-        self.state_shape = (*self.delta.shape[1:], A.shape[-1])  # (b, c, g, k, N)
+    def __init__(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                 chunk_len: int, chunks_per_block: int) -> None:
+        self.batch, self.dim, self.length = u.shape
+        self.groups, self.n_state = B.shape[1], A.shape[1]
+        self.k = self.dim // self.groups
+        self.chunk_len, self.chunks_per_block = chunk_len, chunks_per_block
+        self.block_len = chunk_len * chunks_per_block
+        self.n_blocks = math.ceil(self.length / self.block_len)
+        self.u, self.delta = self.grouped(u), self.grouped(delta)  # (b, g, k, L)
+        self.B, self.C = B, C  # (b, g, N, L)
+        self.A = A.reshape(self.groups, self.k, self.n_state).transpose(1, 2).contiguous()  # (g, N, k)
+        self._buffers: dict[str, Tensor] = {}
 
-    @property
-    def chunk_len(self) -> int:
-        return self.delta.shape[0]
+    def grouped(self, x: Tensor) -> Tensor:
+        """(b, dim, L) -> (b, g, k, L) view."""
+        return x.reshape(self.batch, self.groups, self.k, x.shape[-1])
 
-    @property
-    def n_chunks(self) -> int:
-        return self.delta.shape[2]
+    def buffer(self, name: str, *shape: Union[str, int]) -> Tensor:
+        """A work tensor kept across blocks (fresh large allocations cost page faults on every block).
 
-    def decay(self, t: int, out: Tensor) -> Tensor:
-        """exp(delta * A) at in-chunk step t for every chunk: (b, c, g, k, N), written into ``out``."""
-        torch.mul(self.delta[t].unsqueeze(-1), self.A, out=out)
-        return out.exp_()
+        ``shape`` entries are ints or the letters ``T b m g N k``.
+        """
+        if name not in self._buffers:
+            sizes = {"T": self.chunk_len, "b": self.batch, "m": self.chunks_per_block, "g": self.groups,
+                     "N": self.n_state, "k": self.k}
+            self._buffers[name] = self.u.new_empty([sizes.get(s, s) for s in shape])
+        return self._buffers[name]
 
-    def drive(self, t: int, out: Tensor) -> Tensor:
-        """delta * u * B at in-chunk step t for every chunk: (b, c, g, k, N), written into ``out``."""
-        return torch.mul(self.delta_u[t].unsqueeze(-1), self.B[t].unsqueeze(-2), out=out)
+    def _pieces(self, j: int, layout: Tensor, full: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Matching views (block layout (T, b, m, g, K), full tensor (b, g, K, L)) covering block j's real steps."""
+        start = j * self.block_len
+        steps = min(self.block_len, self.length - start)
+        whole, rest = divmod(steps, self.chunk_len)
+        by_time = layout.permute(1, 3, 4, 2, 0)  # (b, g, K, m, T)
+        part = full[..., start: start + steps]
+        pieces = []
+        if whole:
+            pieces.append((by_time[..., :whole, :], part[..., : whole * self.chunk_len].unflatten(-1, (whole, -1))))
+        if rest:
+            pieces.append((by_time[..., whole, :rest], part[..., whole * self.chunk_len:]))
+        return pieces
 
-    def chunk_decay(self, first: int = 0) -> Tensor:
-        """exp(A * sum of delta over in-chunk steps ``first..T-1``): (b, c, g, k, N)."""
-        return torch.exp(self.delta[first:].sum(0).unsqueeze(-1) * self.A)
+    def read(self, name: str, j: int, full: Tensor) -> Tensor:
+        """Block j of ``full`` (b, g, K, L) in block layout (T, b, m, g, K), zero past the end (a reused buffer)."""
+        layout = self.buffer(name, "T", "b", "m", "g", full.shape[2])
+        if (j + 1) * self.block_len > self.length:
+            layout.zero_()
+        for dst, src in self._pieces(j, layout, full):
+            dst.copy_(src)
+        return layout
+
+    def write(self, layout: Tensor, j: int, full: Tensor) -> None:
+        """Store block j's values (T, b, m, g, K) into ``full`` (b, g, K, L); the padding is dropped."""
+        for src, dst in self._pieces(j, layout, full):
+            dst.copy_(src)
+
+    def block(self, j: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Block j's delta, u, delta * u: (T, b, m, g, k) and B, C: (T, b, m, g, N) (reused buffers)."""
+        delta, u = self.read("delta", j, self.delta), self.read("u", j, self.u)
+        delta_u = torch.mul(delta, u, out=self.buffer("delta_u", "T", "b", "m", "g", "k"))
+        return delta, u, delta_u, self.read("B", j, self.B), self.read("C", j, self.C)
+
+    def state_buffer(self, name: str) -> Tensor:
+        """A (T, b, m, g, N, k) work tensor for one block's per-step states."""
+        return self.buffer(name, "T", "b", "m", "g", "N", "k")
+
+    def decay_and_drive(self, delta: Tensor, delta_u: Tensor, B: Tensor, j: int) -> tuple[Tensor, Tensor]:
+        """exp(delta * A) and delta * u * B of block j: (T, b, m, g, N, k) each (reused buffers).
+
+        The drive buffer alternates between two tensors, so views of block j's states survive block j + 1.
+        """
+        decay = _exp_decay_(torch.mul(delta.unsqueeze(-2), self.A, out=self.state_buffer("decay")))
+        drive = torch.mul(delta_u.unsqueeze(-2), B.unsqueeze(-1), out=self.state_buffer(f"drive{j % 2}"))
+        return decay, drive
+
+    def chunk_decay(self, delta: Tensor) -> Optional[Tensor]:
+        """exp(A * sum of delta over each chunk) of one block: (b, m, g, N, k) (a reused buffer); None if m = 1."""
+        if self.chunks_per_block == 1:
+            return None
+        out = self.buffer("chunk_decay", "b", "m", "g", "N", "k")
+        return _exp_decay_(torch.mul(delta.sum(0).unsqueeze(-2), self.A, out=out))
 
 
-def _scan_forward(chunks: _Chunks) -> tuple[Tensor, Tensor, Tensor]:
+def _chunk_start_states(
+    decay: Tensor, drive: Tensor, whole_decay: Optional[Tensor], h_in: Tensor, starts: Tensor, local: Tensor
+) -> Tensor:
+    """States entering every chunk of a block, given the state ``h_in`` (b, g, N, k) entering the block.
+
+    decay, drive: (T, b, m, g, N, k); whole_decay: (b, m, g, N, k) (None if m = 1). Written into ``starts``, with
+    ``local`` (b, m - 1, g, N, k) as work space. Returns ``starts``.
+    """
+    starts[:, 0] = h_in
+    if decay.shape[2] == 1:
+        return starts
+    # end states of chunks 0..m-2, each started from zero, all side by side
+    local.copy_(drive[0, :, :-1])
+    for t in range(1, decay.shape[0]):
+        torch.addcmul(drive[t, :, :-1], decay[t, :, :-1], local, out=local)
+    for c in range(1, decay.shape[2]):
+        torch.addcmul(local[:, c - 1], whole_decay[:, c - 1], starts[:, c - 1], out=starts[:, c])
+    return starts
+
+
+def _chunk_end_inflows(
+    decay: Tensor, adjoint: Tensor, whole_decay: Optional[Tensor], inflow_in: Tensor, inflow: Tensor, local: Tensor
+) -> Tensor:
+    """Adjoint flowing into the last step of every chunk of a block from later steps (the backward carry).
+
+    decay, adjoint: (T, b, m, g, N, k), adjoint holding only the direct terms C_t grad_y_t; whole_decay:
+    (b, m, g, N, k) (None if m = 1); inflow_in: (b, g, N, k) flowing into the block's last step. Written into ``inflow``
+    (b, m, g, N, k), with ``local`` (b, m - 1, g, N, k) as work space. Returns ``inflow``.
+    """
+    m = decay.shape[2]
+    inflow[:, m - 1] = inflow_in
+    if m == 1:
+        return inflow
+    # adjoint at the first step of chunks 1..m-1 when nothing flows in from their successors
+    local.copy_(adjoint[-1, :, 1:])
+    for t in range(decay.shape[0] - 2, -1, -1):
+        torch.addcmul(adjoint[t, :, 1:], decay[t + 1, :, 1:], local, out=local)
+    for c in range(m - 2, -1, -1):
+        # what flows into chunk c = the decay at the first step of chunk c+1 times the adjoint there
+        torch.mul(decay[0, :, c + 1], local[:, c], out=inflow[:, c])
+        inflow[:, c].addcmul_(whole_decay[:, c + 1], inflow[:, c + 1])
+    return inflow
+
+
+def _scan_forward(x: _Blocks, keep_chunk_starts: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Run the recurrence from a zero state.
 
     Returns:
-        y: (T, b, c, g, k) outputs C . h_t; last_state: (b, g, k, N) state after the last step;
-        chunk_start: (b, c, g, k, N) the state entering every chunk (what the backward pass restarts from).
+        y: (b, dim, L) read-outs C . h_t; last_state: (b, g, N, k); chunk_start: (n_blocks, b, m, g, N, k) the
+        state entering every chunk (where the backward pass restarts the recurrence), if ``keep_chunk_starts``.
     """
-    shape = chunks.state_shape
-    a = chunks.delta.new_empty(shape)
-    x = torch.empty_like(a)
-    n_chunks = chunks.n_chunks
-    # pass 1: every chunk but the last scanned from a zero state, giving its local end state
-    local_end = a.new_zeros((shape[0], n_chunks - 1, *shape[2:]))
-    if n_chunks > 1:
-        a1, x1 = a[:, : n_chunks - 1], x[:, : n_chunks - 1]
-        for t in range(chunks.chunk_len):
-            torch.mul(chunks.delta[t, :, : n_chunks - 1].unsqueeze(-1), chunks.A, out=a1)
-            torch.mul(chunks.delta_u[t, :, : n_chunks - 1].unsqueeze(-1), chunks.B[t, :, : n_chunks - 1].unsqueeze(-2),
-                      out=x1)
-            local_end.mul_(a1.exp_()).add_(x1)
-    # carry the state across chunks: start_{k+1} = decay_k * start_k + local_end_k
-    whole_decay = chunks.chunk_decay()
-    chunk_start = a.new_zeros(shape)
-    for k in range(1, n_chunks):
-        torch.addcmul(local_end[:, k - 1], whole_decay[:, k - 1], chunk_start[:, k - 1], out=chunk_start[:, k])
-    # pass 2: rescan every chunk from its true start state, reading the outputs out
-    h = chunk_start.clone()
-    y = chunks.delta.new_empty(chunks.delta.shape)
-    for t in range(chunks.chunk_len):
-        h.mul_(chunks.decay(t, a)).add_(chunks.drive(t, x))
-        torch.matmul(h, chunks.C[t].unsqueeze(-1), out=y[t].unsqueeze(-1))
-    return y, h[:, -1], chunk_start
+    y = x.u.new_empty(x.u.shape)
+    chunk_start = None
+    if keep_chunk_starts:
+        chunk_start = x.u.new_empty((x.n_blocks, x.batch, x.chunks_per_block, x.groups, x.n_state, x.k))
+    h = x.u.new_zeros((x.batch, x.groups, x.n_state, x.k))
+    local = x.buffer("local", "b", x.chunks_per_block - 1, "g", "N", "k")
+    y_block = x.buffer("y", "T", "b", "m", "g", "k")
+    for j in range(x.n_blocks):
+        delta, _, delta_u, B, C = x.block(j)
+        decay, state = x.decay_and_drive(delta, delta_u, B, j)
+        if keep_chunk_starts or x.chunks_per_block > 1:
+            starts = chunk_start[j] if keep_chunk_starts else x.buffer("starts", "b", "m", "g", "N", "k")
+            _chunk_start_states(decay, state, x.chunk_decay(delta), h, starts, local)
+        else:
+            starts = h.unsqueeze(1)  # one chunk: it starts from the block's incoming state
+        # in place: state[t] = decay[t] * state[t-1] + drive[t], all chunks side by side
+        state[0].addcmul_(decay[0], starts)
+        for t in range(1, x.chunk_len):
+            state[t].addcmul_(decay[t], state[t - 1])
+        torch.matmul(C.unsqueeze(-2), state, out=y_block.unsqueeze(-2))
+        x.write(y_block, j, y)
+        h = state[-1, :, -1]  # a view that stays valid through the next block (alternating buffers)
+    return y.reshape(x.batch, x.dim, x.length), h.clone(), chunk_start
 
 
 def _scan_backward(
-    chunks: _Chunks, chunk_start: Tensor, grad_y: Tensor, grad_last: Optional[Tensor]
+    x: _Blocks, chunk_start: Tensor, grad_y: Tensor, grad_last: Optional[Tensor]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Adjoint of :func:`_scan_forward`.
+    """Adjoint of :func:`_scan_forward`, block by block from the last.
 
-    With g_t = dLoss/dh_t (total), the adjoint runs backwards: g_t = C_t * grad_y_t + exp(delta_{t+1} A) g_{t+1},
-    started by ``grad_last`` after the last step; then
-    dB_t = sum_k g_t delta_u_t, d(delta_u)_t = sum_n g_t B_t, and with q_t = g_t * exp(delta_t A) * h_{t-1}:
-    dA = sum_t q_t delta_t, d(delta)_t += sum_n q_t A, dC_t = sum_k grad_y_t h_t.
+    With g_t = dLoss/dh_t, the adjoint runs backwards: g_t = C_t grad_y_t + exp(delta_{t+1} A) g_{t+1}, started by
+    ``grad_last`` after the last step. Then dB_t = sum_k g_t delta_t u_t, d(delta u)_t = sum_n g_t B_t,
+    dC_t = sum_k grad_y_t h_t and, with q_t = g_t exp(delta_t A) h_{t-1}: dA = sum_t q_t delta_t,
+    d(delta)_t += sum_n q_t A.
 
     Args:
-        chunks: the forward inputs; chunk_start: (b, c, g, k, N) from the forward;
-        grad_y: (T, b, c, g, k); grad_last: (b, g, k, N) or None.
+        x: the forward inputs; chunk_start: from :func:`_scan_forward`; grad_y: (b, dim, L);
+        grad_last: (b, g, N, k) or None.
     Returns:
-        d_delta, d_delta_u: (T, b, c, g, k) (d_delta without the delta_u path); dA: (g, k, N);
-        dB, dC: (T, b, c, g, N).
+        du, d_delta: (b, dim, L); dA: (dim, N); dB, dC: (b, g, N, L).
     """
-    shape = chunks.state_shape
-    T, n_chunks = chunks.chunk_len, chunks.n_chunks
-    a = chunk_start.new_empty(shape)
-    x = torch.empty_like(a)
-    # pass 1 (reverse): the adjoint at every chunk's first step when nothing flows in from later chunks
-    local_first = a.new_zeros(shape)
-    for t in range(T - 1, -1, -1):
-        local_first.addcmul_(grad_y[t].unsqueeze(-1), chunks.C[t].unsqueeze(-2))
-        if t > 0:
-            local_first.mul_(chunks.decay(t, a))
-    # carry backwards: what flows into the last step of chunk k from chunk k+1 (grad_last into the last chunk)
-    first_decay = chunks.decay(0, torch.empty_like(a))
-    whole_decay = chunks.chunk_decay()
-    inflow = a.new_zeros(shape)
-    if grad_last is not None:
-        inflow[:, -1] = grad_last
-    for k in range(n_chunks - 2, -1, -1):
-        torch.mul(first_decay[:, k + 1], local_first[:, k + 1], out=inflow[:, k])
-        inflow[:, k].addcmul_(whole_decay[:, k + 1], inflow[:, k + 1])
-    del local_first, first_decay, whole_decay
-    # pass 2 (reverse): the true adjoint g_t, kept for pass 3, and the terms that need only g_t
-    adjoint = a.new_empty((T, *shape))
-    d_delta_u = grad_y.new_empty(grad_y.shape)
-    dB = chunks.B.new_empty(chunks.B.shape)
-    g = inflow
-    for t in range(T - 1, -1, -1):
-        g.addcmul_(grad_y[t].unsqueeze(-1), chunks.C[t].unsqueeze(-2))
-        adjoint[t] = g
-        torch.matmul(g, chunks.B[t].unsqueeze(-1), out=d_delta_u[t].unsqueeze(-1))
-        torch.matmul(chunks.delta_u[t].unsqueeze(-2), g, out=dB[t].unsqueeze(-2))
-        if t > 0:
-            g.mul_(chunks.decay(t, a))
-    del inflow, g
-    # pass 3 (forward): recompute h_t from the chunk starts and collect the decay and read-out gradients
-    h = chunk_start.clone()
-    q = torch.empty_like(a)
-    dA = a.new_zeros(shape)
-    d_delta = grad_y.new_empty(grad_y.shape)
-    dC = chunks.C.new_empty(chunks.C.shape)
-    for t in range(T):
-        torch.mul(h, chunks.decay(t, a), out=q)
-        torch.add(q, chunks.drive(t, x), out=h)
-        q.mul_(adjoint[t])
-        dA.addcmul_(q, chunks.delta[t].unsqueeze(-1))
-        torch.sum(q.mul_(chunks.A), dim=-1, out=d_delta[t])
-        torch.matmul(grad_y[t].unsqueeze(-2), h, out=dC[t].unsqueeze(-2))
-    return d_delta, d_delta_u, dA.sum((0, 1)), dB, dC
+    grad_y = x.grouped(grad_y)
+    du, d_delta = torch.empty_like(x.u), torch.empty_like(x.u)
+    dB, dC = torch.empty_like(x.B), torch.empty_like(x.C)
+    dA = x.A.new_zeros(x.A.shape)
+    inflow = grad_last if grad_last is not None else x.u.new_zeros((x.batch, x.groups, x.n_state, x.k))
+    adjoint, work = x.state_buffer("adjoint"), x.state_buffer("work")
+    ends = x.buffer("ends", "b", "m", "g", "N", "k")
+    local = x.buffer("local", "b", x.chunks_per_block - 1, "g", "N", "k")
+    d_step, d_drive = x.buffer("d_delta", "T", "b", "m", "g", "k"), x.buffer("d_drive", "T", "b", "m", "g", "k")
+    for j in range(x.n_blocks - 1, -1, -1):
+        delta, u, delta_u, B, C = x.block(j)
+        gy = x.read("grad_y", j, grad_y)  # (T, b, m, g, k)
+        decay, state = x.decay_and_drive(delta, delta_u, B, j)
+        torch.mul(gy.unsqueeze(-2), C.unsqueeze(-1), out=adjoint)  # direct terms, completed in place below
+        adjoint[-1].add_(_chunk_end_inflows(decay, adjoint, x.chunk_decay(delta), inflow, ends, local))
+        for t in range(x.chunk_len - 2, -1, -1):
+            adjoint[t].addcmul_(decay[t + 1], adjoint[t + 1])
+        inflow = decay[0, :, 0] * adjoint[0, :, 0]  # into the previous block's last step
+        torch.matmul(B.unsqueeze(-2), adjoint, out=d_drive.unsqueeze(-2))  # d(delta u)
+        # einsum is much faster than matmul's batched matrix-vector path here
+        x.write(torch.einsum("tbmgnk,tbmgk->tbmgn", adjoint, delta_u), j, dB)
+        # recompute the states in place: decay[t] <- decay[t] * h_{t-1}, state[t] <- h_t
+        h_prev = chunk_start[j]
+        for t in range(x.chunk_len):
+            decay[t].mul_(h_prev)
+            h_prev = state[t].add_(decay[t])
+        x.write(torch.einsum("tbmgnk,tbmgk->tbmgn", state, gy), j, dC)
+        q = adjoint.mul_(decay)  # g_t * exp(delta_t A) * h_{t-1}
+        dA += torch.mul(q, delta.unsqueeze(-2), out=work).sum((0, 1, 2))
+        torch.sum(torch.mul(q, x.A, out=work), dim=-2, out=d_step)
+        x.write(d_step.addcmul_(d_drive, u), j, d_delta)
+        x.write(d_drive.mul_(delta), j, du)
+    shape = (x.batch, x.dim, x.length)
+    return du.reshape(shape), d_delta.reshape(shape), dA.transpose(1, 2).reshape(x.dim, x.n_state), dB, dC
 
 
-class _ChunkedSelectiveScan(torch.autograd.Function):
+class _BlockedSelectiveScan(torch.autograd.Function):
     """y = scan(u, delta, A, B, C) with grouped B, C; no bias/softplus/D/z (those are plain autograd ops)."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int):
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int,
+                chunks_per_block: int):
         # u, delta: (b, d, L); A: (d, N); B, C: (b, g, N, L); all one dtype
-        chunks = _Chunks(u, delta, A, B, C, chunk_len)
-        y, last_state, chunk_start = _scan_forward(chunks)
+        x = _Blocks(u, delta, A, B, C, chunk_len, chunks_per_block)
+        y, last_state, chunk_start = _scan_forward(x, keep_chunk_starts=any(ctx.needs_input_grad))
         ctx.set_materialize_grads(False)
-        ctx.chunk_len = chunk_len
+        ctx.blocking = (chunk_len, chunks_per_block)
         ctx.save_for_backward(u, delta, A, B, C, chunk_start)
-        return _from_chunks(y, chunks.length), last_state.reshape(u.shape[0], u.shape[1], A.shape[1])
+        return y, last_state.transpose(-1, -2).reshape(u.shape[0], u.shape[1], A.shape[1])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: Optional[Tensor], grad_last: Optional[Tensor]):
         u, delta, A, B, C, chunk_start = ctx.saved_tensors
-        chunks = _Chunks(u, delta, A, B, C, ctx.chunk_len)
-        batch, groups = u.shape[0], B.shape[1]
-        if grad_y is None:
-            grad_y = torch.zeros_like(u)
-        grad_y = _to_chunks(grad_y.to(u.dtype), groups, chunks.chunk_len, chunks.n_chunks)
+        x = _Blocks(u, delta, A, B, C, *ctx.blocking)
+        grad_y = torch.zeros_like(u) if grad_y is None else grad_y.to(u.dtype)
         if grad_last is not None:
-            grad_last = grad_last.to(u.dtype).reshape(batch, groups, -1, A.shape[1])
-        d_delta, d_delta_u, dA, dB, dC = _scan_backward(chunks, chunk_start, grad_y, grad_last)
-        length = u.shape[-1]
-        d_delta_u = _from_chunks(d_delta_u, length)
-        d_delta = _from_chunks(d_delta, length) + d_delta_u * u
-        return (d_delta_u * delta, d_delta, dA.reshape(A.shape), _from_chunks(dB, length).reshape(B.shape),
-                _from_chunks(dC, length).reshape(C.shape), None)
+            grad_last = grad_last.to(u.dtype).reshape(x.batch, x.groups, x.k, x.n_state).transpose(-1, -2)
+        return (*_scan_backward(x, chunk_start, grad_y, grad_last), None, None)
 
 
 def selective_scan_pytorch(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor] = None, z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
-    delta_softplus: bool = False, return_last_state: bool = False, chunk_len: Optional[int] = None,
+    delta_softplus: bool = False, return_last_state: bool = False,
+    chunk_len: Optional[int] = None, chunks_per_block: Optional[int] = None,
 ) -> ScanOutput:
-    """The exact chunked PyTorch selective scan, on any device; arguments as :func:`selective_scan`.
+    """The exact blocked PyTorch selective scan, on any device; arguments as :func:`selective_scan`.
 
     Args:
-        chunk_len: in-chunk steps (None: chosen by :func:`choose_chunk_len`). Results do not depend on it beyond
-            rounding.
+        chunk_len, chunks_per_block: the blocking (None: :func:`choose_blocking`). Results do not depend on it
+            beyond rounding.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if chunk_len is not None and (not isinstance(chunk_len, int) or chunk_len < 1):
-        raise ValueError(f"selective_scan: chunk_len must be a positive int or None, got {chunk_len!r}")
+    for name, value in (("chunk_len", chunk_len), ("chunks_per_block", chunks_per_block)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"selective_scan: {name} must be a positive int or None, got {value!r}")
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
     groups = math.lcm(*(t.shape[1] if t.dim() == 4 else 1 for t in (B, C)))
-    if chunk_len is None:
-        chunk_len = choose_chunk_len(length, batch * dim * A.shape[1])
-    chunk_len = min(chunk_len, length)
+    auto_chunk_len, auto_chunks = choose_blocking(length, batch * dim * A.shape[1])
+    chunk_len = min(chunk_len or auto_chunk_len, length)
+    chunks_per_block = min(chunks_per_block or auto_chunks, math.ceil(length / chunk_len))
     step = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
-    y, last_state = _ChunkedSelectiveScan.apply(
-        u.to(dtype), step, A.to(dtype), _as_groups(B.to(dtype), groups), _as_groups(C.to(dtype), groups), chunk_len
+    y, last_state = _BlockedSelectiveScan.apply(
+        u.to(dtype), step, A.to(dtype), _as_groups(B.to(dtype), groups), _as_groups(C.to(dtype), groups),
+        chunk_len, chunks_per_block,
     )
     out = _skip_and_gate(y, u, D, z).to(u.dtype)
     return (out, last_state) if return_last_state else out
@@ -468,9 +533,12 @@ def selective_scan(
         TypeError/ValueError naming the argument for wrong types, shapes, complex A or mixed devices.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if u.is_cuda and prefer_mamba_ssm and _kernel_accepts(u, A, B, C):
+    if prefer_mamba_ssm and _kernel_accepts(u, A, B, C):
         kernel = _load_mamba_ssm()
         if kernel is not None:
+            groups = [t.shape[1] if t.dim() == 4 else 1 for t in (B, C)]
+            if groups[0] != groups[1]:  # the kernel reads B and C with one group count
+                B, C = _as_groups(B, math.lcm(*groups)), _as_groups(C, math.lcm(*groups))
             # the kernel wants delta, B, C, z in u's dtype and A, D, delta_bias in float32
             return kernel(
                 u, delta.to(u.dtype), A.float(), B.to(u.dtype), C.to(u.dtype),
@@ -493,16 +561,21 @@ def selective_scan_reference(
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
     step = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
-    # per-channel B and C: (batch, dim, N, L)
-    B_d = _as_groups(B.to(dtype), dim)
-    C_d = _as_groups(C.to(dtype), dim)
-    A = A.to(dtype)
-    u_c = u.to(dtype)
-    h = u_c.new_zeros(batch, dim, A.shape[1])
+    groups = math.lcm(*(t.shape[1] if t.dim() == 4 else 1 for t in (B, C)))
+    A = A.to(dtype).reshape(groups, dim // groups, -1)  # (g, k, N)
+    # one (batch, g, k) or (batch, g, 1, N) slice per step, taken once up front
+    steps = zip(
+        step.reshape(batch, groups, -1, length).unbind(-1),
+        (step * u.to(dtype)).reshape(batch, groups, -1, length).unbind(-1),
+        _as_groups(B.to(dtype), groups).unsqueeze(2).unbind(-1),
+        _as_groups(C.to(dtype), groups).unsqueeze(2).unbind(-1),
+    )
+    h = A.new_zeros(batch, *A.shape)
     ys = []
-    for t in range(length):
-        h = torch.exp(step[:, :, t, None] * A) * h + (step[:, :, t] * u_c[:, :, t])[:, :, None] * B_d[..., t]
-        ys.append((h * C_d[..., t]).sum(-1))
-    out = _skip_and_gate(torch.stack(ys, dim=-1), u, D, z).to(u.dtype)
+    for delta_t, delta_u_t, B_t, C_t in steps:
+        h = torch.exp(delta_t.unsqueeze(-1) * A) * h + delta_u_t.unsqueeze(-1) * B_t
+        ys.append((h * C_t).sum(-1))
+    h = h.reshape(batch, dim, -1)
+    out = _skip_and_gate(torch.stack(ys, dim=-1).reshape(batch, dim, length), u, D, z).to(u.dtype)
     return (out, h) if return_last_state else out
 

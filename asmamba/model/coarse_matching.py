@@ -52,11 +52,20 @@ class CoarseMatching(nn.Module):
         f1 = self.proj(f1)
         scale = 1.0 / (f0.shape[-1] * self.temperature)
         sim = torch.einsum("blc,bsc->bls", f0, f1)  # (B, L0, L1)
-        pair_valid = valid0[:, :, None] & valid1[:, None, :]
+        invalid_rows = None if bool(valid0.all()) else ~valid0[:, :, None]
+        invalid_cols = None if bool(valid1.all()) else ~valid1[:, None, :]
         if torch.is_grad_enabled():
-            sim = (sim * scale).masked_fill(~pair_valid, NEG_INF)
+            sim = sim * scale
+            if invalid_rows is not None:
+                sim = sim.masked_fill(invalid_rows, NEG_INF)
+            if invalid_cols is not None:
+                sim = sim.masked_fill(invalid_cols, NEG_INF)
             return F.softmax(sim, 1) * F.softmax(sim, 2)
-        sim.mul_(scale).masked_fill_(~pair_valid, NEG_INF)
+        sim.mul_(scale)
+        if invalid_rows is not None:
+            sim.masked_fill_(invalid_rows, NEG_INF)
+        if invalid_cols is not None:
+            sim.masked_fill_(invalid_cols, NEG_INF)
         lse_rows = torch.logsumexp(sim, dim=2, keepdim=True)  # (B, L0, 1)
         lse_cols = torch.logsumexp(sim, dim=1, keepdim=True)  # (B, 1, L1)
         return sim.mul_(2).sub_(lse_rows).sub_(lse_cols).exp_()
@@ -68,11 +77,20 @@ class CoarseMatching(nn.Module):
             keep0, keep1: ``(B, L)`` cells allowed to match (valid and away from the border).
         """
         with torch.no_grad():
-            mask = (conf > self.threshold) & keep0[:, :, None] & keep1[:, None, :]
-            row_best = conf == conf.max(dim=2, keepdim=True).values
-            col_best = conf == conf.max(dim=1, keepdim=True).values
-            mask &= (row_best & col_best) if self.rule == "mutual" else (row_best | col_best)
-            b_ids, i_ids, j_ids = torch.nonzero(mask, as_tuple=True)
+            row_max, row_arg = conf.max(dim=2)  # (B, L0)
+            col_max, col_arg = conf.max(dim=1)  # (B, L1)
+            if self.rule == "mutual":
+                # candidate i -> j = argmax of row i; keep it when i is also the argmax of column j
+                B, L0 = row_arg.shape
+                b_all = torch.arange(B, device=conf.device)[:, None].expand(B, L0)
+                i_all = torch.arange(L0, device=conf.device)[None].expand(B, L0)
+                keep = (col_arg.gather(1, row_arg) == i_all) & (row_max > self.threshold) & keep0
+                keep &= keep1.gather(1, row_arg)
+                b_ids, i_ids, j_ids = b_all[keep], i_all[keep], row_arg[keep]
+            else:
+                mask = (conf > self.threshold) & keep0[:, :, None] & keep1[:, None, :]
+                mask &= (conf == row_max[:, :, None]) | (conf == col_max[:, None, :])
+                b_ids, i_ids, j_ids = torch.nonzero(mask, as_tuple=True)
         return b_ids, i_ids, j_ids, conf[b_ids, i_ids, j_ids]
 
     def forward(self, f0: torch.Tensor, f1: torch.Tensor, data: dict) -> None:

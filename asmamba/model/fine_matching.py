@@ -93,7 +93,7 @@ class FineMatching(nn.Module):
         self.window, self.dim = f.window, f.dim
         self.decoder = FineDecoder(cfg.dims.c_match, c_mid_enc, cfg.encoder.c_fine, f.decoder_mid, f.dim)
         self.coarse_to_fine = nn.Linear(cfg.dims.c_match, f.dim)
-        self.joint = JointWindowEncoder(f.dim, cfg.mamba.d_state) if f.joint_encoder == "mamba" else None
+        self.joint = JointWindowEncoder(f.dim, f.d_state) if f.joint_encoder == "mamba" else None
 
     def forward(self, data: dict) -> None:
         """Refine image 1's side of every coarse match.

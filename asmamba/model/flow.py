@@ -26,6 +26,8 @@ class FlowPredictor(nn.Module):
             self.net = MLP(widths)
         self.use_geom = bool(b.geom_feedback)
         self.logvar_min, self.logvar_max = (float(v) for v in b.logvar_range)
+        # start uncertain: a fresh predictor knows nothing, so its sigma should span the image, not one cell
+        self.logvar_init = float(b.logvar_init)
 
     def forward(self, f_match: torch.Tensor, f_geom: torch.Tensor, other_hw: tuple[int, int]) -> torch.Tensor:
         """
@@ -40,5 +42,5 @@ class FlowPredictor(nn.Module):
         h1, w1 = other_hw
         # (x, y) are predicted in [-1, 1] over the other canvas, mapped to cell units
         xy = (out[..., :2] + 1) / 2 * out.new_tensor([w1, h1]) - 0.5
-        logvar = out[..., 2:].clamp(self.logvar_min, self.logvar_max)
+        logvar = (out[..., 2:] + self.logvar_init).clamp(self.logvar_min, self.logvar_max)
         return torch.cat([xy, logvar], dim=-1)

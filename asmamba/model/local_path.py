@@ -55,8 +55,8 @@ class LocalPath(nn.Module):
         self.radius_sigmas, self.min_spacing = b.local_radius_sigmas, b.local_min_spacing
         self.proj = nn.Linear(c_match, d)
         self.norm = nn.LayerNorm(d)
-        self.mamba = MultiHeadMamba(d, (c_match, c_geom), heads=m.heads, d_state=m.d_state, d_conv=m.d_conv,
-                                    expand=m.expand)
+        self.mamba = MultiHeadMamba(d, (c_match, c_geom), heads=m.heads, d_state=b.local_d_state, d_conv=m.d_conv,
+                                    expand=b.local_expand)
 
     def _one_direction(self, fq: torch.Tensor, fs: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """Build the sequences for queries of one image reading spans of the other.

@@ -56,7 +56,8 @@ class ASMambaNet(nn.Module):
         h, w = H // STRIDE_COARSE, W // STRIDE_COARSE
         data.update(bs=B, hw_c=(h, w), stride_c=STRIDE_COARSE, stride_f=STRIDE_FINE)
         for k in ("0", "1"):
-            data[f"valid_hw{k}_c"] = torch.div(data[f"valid_hw{k}"] + STRIDE_COARSE - 1, STRIDE_COARSE,
+            # a coarse cell is valid when its centre (8c + 3.5) lies inside the image
+            data[f"valid_hw{k}_c"] = torch.div(data[f"valid_hw{k}"] + STRIDE_COARSE // 2, STRIDE_COARSE,
                                                rounding_mode="floor")
             if f"mask{k}" in data:  # a coarse cell takes the mask value of its top-left pixel (kornia's rule)
                 data[f"mask_c{k}"] = data[f"mask{k}"][:, ::STRIDE_COARSE, ::STRIDE_COARSE].bool().flatten(1)

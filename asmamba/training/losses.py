@@ -125,7 +125,11 @@ class ASMambaLoss(nn.Module):
         terms["coarse"] = focal_loss_dual_softmax(data["conf_matrix"], data["conf_matrix_gt"], pair_valid,
                                                   **self.focal)
         if data.get("fine_on_gt") and data["expec_f"].shape[0] > 0:
-            terms["fine"] = fine_l2_with_std(data["expec_f"], fine_ground_truth(data))
+            gt = fine_ground_truth(data)
+            # a match whose cell has no valid warp (possible under the union rule) has no fine target
+            warped_ok = data["spv_valid0"][data["b_ids"], data["i_ids"]]
+            gt = torch.where(warped_ok[:, None], gt, torch.full_like(gt, 2.0))
+            terms["fine"] = fine_l2_with_std(data["expec_f"], gt)
         else:
             terms["fine"] = data["conf_matrix"].sum() * 0.0
         valid0, valid1 = data["spv_valid0"] & cells0, data["spv_valid1"] & cells1

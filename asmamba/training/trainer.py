@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -99,12 +100,21 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def add_valid_sizes(batch: dict) -> dict:
-    """``valid_hw0/1 (B, 2)``: the extent of each image's valid (non-padding) pixels, from its mask."""
+    """``valid_hw0/1 (B, 2)``: the extent of each image's valid pixels from the top-left corner, i.e. (index of the
+    last row, of the last column holding a valid pixel) + 1; only bottom/right padding lies outside it.
+
+    Reads ``mask0``, ``mask1`` ``(B, H, W)``. A homography view's mask is a quadrilateral, not a top-left rectangle:
+    counting its valid rows would cut valid cells off the bottom/right, so the extent is taken instead (the
+    quadrilateral itself reaches the model as the mask).
+    """
     for k in ("0", "1"):
         mask = batch[f"mask{k}"].bool()
-        rows = mask.any(dim=2).sum(dim=1)
-        cols = mask.any(dim=1).sum(dim=1)
-        batch[f"valid_hw{k}"] = torch.stack([rows, cols], dim=1).long()
+
+        def extent(any_valid: torch.Tensor) -> torch.Tensor:  # (B, n) bool -> (B,) last True index + 1 (0 if none)
+            index = torch.arange(1, any_valid.shape[1] + 1, device=any_valid.device)
+            return (any_valid * index).amax(dim=1)
+
+        batch[f"valid_hw{k}"] = torch.stack([extent(mask.any(dim=2)), extent(mask.any(dim=1))], dim=1).long()
     return batch
 
 
@@ -119,10 +129,13 @@ def lr_factor(step: int, warmup: int, total: int, final: float) -> float:
 
 # ----------------------------------------------------------------------------------------------- RNG states
 def rng_state() -> dict[str, Any]:
+    """Every global RNG state as tensors and plain numbers (``torch.load(weights_only=True)`` reads them back)."""
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
-        "numpy_pos": int(np.random.get_state()[2]),
+        "numpy": torch.from_numpy(np.frombuffer(np_keys.tobytes(), dtype=np.uint8).copy()),
+        "numpy_pos": int(np_pos),
+        "numpy_gauss": [int(np_has_gauss), float(np_gauss)],
         "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
     }
     if torch.cuda.is_available():
@@ -133,7 +146,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype=np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    has_gauss, gauss = state.get("numpy_gauss", (0, 0.0))
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], int(has_gauss), float(gauss)))
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -241,38 +255,51 @@ class Trainer:
         return batch
 
     def train_step(self, step: int) -> Optional[dict[str, float]]:
-        """One optimisation step; returns the logged losses, or None when the step was skipped (non-finite)."""
+        """One optimisation step; returns the logged losses, or None when the step was skipped.
+
+        A step is skipped when the loss (on any rank) or the clipped gradient norm is not finite: the weights and
+        the optimizer's moments stay as they were, the learning-rate schedule still advances (the lr stays a
+        function of the step) and, under AMP, the gradient scaler still lowers its scale.
+        """
         self.train_module.train()
         batch = self._batch(step)
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this step uses
         with torch.autocast(self.dist.device.type, dtype=torch.float16, enabled=self.use_amp):
             data = self.train_module(batch)
         loss, logged = self.loss(data)
-        finite = torch.isfinite(loss).float()
+        finite = torch.isfinite(loss.detach()).float()
         if self.dist.world > 1:  # every rank must take the same decision
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         self.optimizer.zero_grad(set_to_none=True)
         if finite.item() < 1:
-            self.skipped += 1
-            return None
+            return self._skip()
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.grad_clip
         )
-        if not torch.isfinite(grad_norm):
-            self.skipped += 1
+        if not torch.isfinite(grad_norm):  # identical on every rank: DDP has averaged the gradients
             self.optimizer.zero_grad(set_to_none=True)
-            return None
+            self.scaler.update()  # records the overflow (AMP lowers its scale); also re-arms unscale_
+            return self._skip()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        logged.update(lr=self.optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
+        logged.update(lr=lr, grad_norm=float(grad_norm), skipped=float(self.skipped),
                       n_gt=float(batch["spv_b_ids"].numel()), n_pred=float(data["pred_b_ids"].numel()))
         return logged
 
+    def _skip(self) -> None:
+        self.skipped += 1
+        with warnings.catch_warnings():  # stepping the schedule without an optimizer step is intended here
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        return None
+
     # ---- loop
     def fit(self, max_steps: Optional[int] = None) -> list[dict[str, float]]:
-        """Train until ``optim.total_steps`` (or ``max_steps`` more steps); returns this call's log rows."""
+        """Train until ``optim.total_steps`` (or ``max_steps`` more steps); returns this call's log rows (skipped
+        steps have none)."""
         from tqdm import tqdm
 
         total = int(self.cfg.optim.total_steps)
@@ -285,15 +312,17 @@ class Trainer:
             logged = self.train_step(step)
             self.step = step + 1
             if logged is None:
-                print(f"step {step}: non-finite loss or gradient, skipped ({self.skipped} so far)", file=sys.stderr)
-                continue
-            logged["step"] = float(step)
-            logged["seconds"] = time.perf_counter() - t0
-            rows.append(logged)
-            bar.set_postfix(loss=f"{logged['total']:.3f}", coarse=f"{logged['coarse']:.3f}")
-            if self.dist.main and (step % self.cfg.run.log_every == 0 or self.step == end):
-                self._append_log(logged)
-            if self.step % self.cfg.run.ckpt_every == 0 or self.step == end:
+                if self.dist.main:
+                    print(f"step {step}: non-finite loss or gradient, skipped ({self.skipped} so far)",
+                          file=sys.stderr)
+            else:
+                logged["step"] = float(step)
+                logged["seconds"] = time.perf_counter() - t0
+                rows.append(logged)
+                bar.set_postfix(loss=f"{logged['total']:.3f}", coarse=f"{logged['coarse']:.3f}")
+                if self.dist.main and (step % self.cfg.run.log_every == 0 or self.step == end):
+                    self._append_log(logged)
+            if self.step % self.cfg.run.ckpt_every == 0 or self.step == end:  # skipped steps too
                 self.save()
         if self.dist.main and rows:
             self.plot()
@@ -303,8 +332,12 @@ class Trainer:
     def _append_log(self, row: dict[str, float]) -> None:
         path = self.out / "log.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fields = ["step", "total", "coarse", "fine", "flow", "geom", "lr", "grad_norm", "n_gt", "n_pred", "seconds"]
+        fields = ["step", "total", "coarse", "fine", "flow", "geom", "lr", "grad_norm", "n_gt", "n_pred", "skipped",
+                  "seconds"]
         new = not path.is_file()
+        if not new:  # a resumed run appends under the header the file already has
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), fields)
         with open(path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
@@ -374,13 +407,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def report_weight_agreement(trainer: Trainer) -> None:
-    """Under DDP, check that every rank ended with the same weights (rank 0 prints the verdict)."""
+def report_weight_agreement(trainer: Trainer) -> bool:
+    """Under DDP, check that every rank ended with bit-identical weights: rank 0's flattened parameters are
+    broadcast and compared exactly on every rank. Rank 0 prints the verdict and writes ``ddp_agreement.txt``."""
     flat = torch.cat([p.detach().float().flatten() for p in trainer.model.parameters()])
-    checksum = torch.stack([flat.sum(), (flat * torch.arange(flat.numel(), device=flat.device) % 97).sum()])
-    gathered = [torch.zeros_like(checksum) for _ in range(trainer.dist.world)]
-    dist.all_gather(gathered, checksum)
-    agree = all(torch.equal(g, gathered[0]) for g in gathered)
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    same = torch.tensor([float(torch.equal(flat, reference))], device=flat.device)
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)
+    agree = bool(same.item() == 1.0)
     if trainer.dist.main:
         print(f"ranks agree on the weights: {agree}")
+        trainer.out.mkdir(parents=True, exist_ok=True)
         (trainer.out / "ddp_agreement.txt").write_text(f"{agree}\n")
+    return agree

@@ -54,7 +54,7 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     from asmamba.config import as_dictconfig
 
     cfg = as_dictconfig(config, "data")
-    conf = OmegaConf.to_container(OmegaConf.merge(cfg, OmegaConf.create(overrides)), resolve=False)
+    conf = OmegaConf.to_container(OmegaConf.merge(cfg, OmegaConf.create(overrides)), resolve=True)
     kind = conf.pop("type", None)
     if kind == "concat":
         return ConcatDataset([build_dataset(c) for c in conf.get("datasets", [])])

@@ -1,0 +1,272 @@
+"""The selective scan against a step-by-step recurrence written here (float64 values and gradients)."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import types
+
+import pytest
+import torch
+
+import asmamba.mamba.selective_scan as ss
+from asmamba.ops import selective_scan
+
+
+def naive_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The recurrence of mamba-ssm's selective_scan_ref, one channel group lookup and one step at a time.
+
+    Returns (out (b, d, L), last_state (b, d, N)).
+    """
+    batch, dim, length = u.shape
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = torch.where(delta > 20, delta, torch.log1p(torch.exp(delta)))
+    B4 = B if B.dim() == 4 else B[:, None]
+    C4 = C if C.dim() == 4 else C[:, None]
+    channel = torch.arange(dim)
+    B_d = B4[:, channel // (dim // B4.shape[1])]  # (b, d, N, L)
+    C_d = C4[:, channel // (dim // C4.shape[1])]
+    h = torch.zeros(batch, dim, A.shape[1], dtype=u.dtype)
+    ys = []
+    for t in range(length):
+        h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * B_d[..., t] * u[:, :, t, None]
+        ys.append((h * C_d[..., t]).sum(-1))
+    out = torch.stack(ys, dim=-1)
+    if D is not None:
+        out = out + D[:, None] * u
+    if z is not None:
+        out = out * z * torch.sigmoid(z)
+    return out, h
+
+
+def make_inputs(batch=2, dim=6, n_state=3, length=37, groups_B=None, groups_C=None, seed=0, dtype=torch.float64,
+                signed_delta=True):
+    """Random scan inputs; without ``signed_delta`` the step sizes are >= 0, as they are after a softplus."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    return {
+        "u": rand(batch, dim, length),
+        "delta": 0.5 * (rand(batch, dim, length) if signed_delta else rand(batch, dim, length).abs()),
+        "A": -torch.exp(rand(dim, n_state)),
+        "B": rand(batch, n_state, length) if groups_B is None else rand(batch, groups_B, n_state, length),
+        "C": rand(batch, n_state, length) if groups_C is None else rand(batch, groups_C, n_state, length),
+        "D": rand(dim),
+        "z": rand(batch, dim, length),
+        "delta_bias": 0.5 * (rand(dim) if signed_delta else rand(dim).abs()),
+    }
+
+
+def check_against_naive(inputs, options, scan, atol=1e-9):
+    """Values of out and last_state and the gradients of a random projection of both w.r.t. every input."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    out, last = scan(**leaves, **options, return_last_state=True)
+    ref_leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    ref_out, ref_last = naive_scan(**ref_leaves, **options)
+    torch.testing.assert_close(out, ref_out, atol=atol, rtol=0)
+    torch.testing.assert_close(last, ref_last, atol=atol, rtol=0)
+    g = torch.Generator().manual_seed(1)
+    w_out = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    w_last = torch.randn(last.shape, generator=g, dtype=last.dtype)
+    grads = torch.autograd.grad((out * w_out).sum() + (last * w_last).sum(), list(leaves.values()))
+    ref_grads = torch.autograd.grad((ref_out * w_out).sum() + (ref_last * w_last).sum(), list(ref_leaves.values()))
+    for name, grad, ref in zip(leaves, grads, ref_grads):
+        torch.testing.assert_close(grad, ref, atol=atol, rtol=0, msg=f"gradient of {name}")
+
+
+OPTION_COMBOS = list(itertools.product([False, True], repeat=4))  # D, z, delta_bias, softplus
+
+
+@pytest.mark.parametrize("use_D,use_z,use_bias,softplus", OPTION_COMBOS)
+@pytest.mark.parametrize("layout", ["3d", "4d"])
+def test_scan_matches_naive_every_option(use_D, use_z, use_bias, softplus, layout):
+    groups = None if layout == "3d" else 3
+    inputs = make_inputs(groups_B=groups, groups_C=groups, signed_delta=softplus)
+    if not use_D:
+        del inputs["D"]
+    if not use_z:
+        del inputs["z"]
+    if not use_bias:
+        del inputs["delta_bias"]
+
+    def scan(**kw):  # small explicit blocking: several blocks, a padded last block
+        return ss.selective_scan_pytorch(**kw, chunk_len=4, chunks_per_block=3)
+
+    check_against_naive(inputs, {"delta_softplus": softplus}, scan)
+
+
+@pytest.mark.parametrize(
+    "length,chunk_len,chunks_per_block",
+    [(1, None, None), (1, 4, 3), (37, None, None), (37, 1, 1), (37, 5, 1), (37, 37, 1), (37, 3, 20), (12, 4, 3),
+     (50, 7, 2)],
+)
+def test_scan_blocking_and_lengths(length, chunk_len, chunks_per_block):
+    inputs = make_inputs(length=length, groups_B=2, groups_C=2)
+
+    def scan(**kw):
+        return ss.selective_scan_pytorch(**kw, chunk_len=chunk_len, chunks_per_block=chunks_per_block)
+
+    check_against_naive(inputs, {"delta_softplus": True}, scan)
+    with torch.no_grad():  # inference keeps no chunk-start states: a different code path
+        out, last = scan(**inputs, delta_softplus=True, return_last_state=True)
+    ref_out, ref_last = naive_scan(**inputs, delta_softplus=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-9, rtol=0)
+    torch.testing.assert_close(last, ref_last, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("groups_B,groups_C", [(2, None), (None, 3), (2, 3), (6, 6)])
+def test_scan_mixed_groups(groups_B, groups_C):
+    check_against_naive(make_inputs(groups_B=groups_B, groups_C=groups_C), {"delta_softplus": True}, selective_scan)
+
+
+def test_public_scan_and_reference_match_naive():
+    inputs = make_inputs(length=23, groups_B=2)
+    check_against_naive(inputs, {"delta_softplus": True}, selective_scan)
+    check_against_naive(inputs, {"delta_softplus": True}, ss.selective_scan_reference)
+    out = selective_scan(**inputs)
+    assert isinstance(out, torch.Tensor) and out.shape == inputs["u"].shape
+
+
+def test_scan_stable_for_large_decays():
+    """Trained layers reach delta ~ 1 and A ~ -50: per-step log-decays of -50 and block sums far below."""
+    g = torch.Generator().manual_seed(3)
+    b, d, n, length = 2, 8, 4, 300
+    u = torch.randn(b, d, length, generator=g)
+    delta = torch.rand(b, d, length, generator=g) * 3.0  # up to 3, no softplus
+    A = -torch.rand(d, n, generator=g) * 60.0
+    A[0] = -1e-3  # and one nearly persistent channel
+    B = torch.randn(b, n, length, generator=g)
+    C = torch.randn(b, n, length, generator=g)
+    out, last = selective_scan(u, delta, A, B, C, return_last_state=True)
+    ref_out, ref_last = naive_scan(u.double(), delta.double(), A.double(), B.double(), C.double())
+    assert torch.isfinite(out).all() and torch.isfinite(last).all()
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(last.double(), ref_last, atol=1e-4, rtol=1e-4)
+    leaves = [t.clone().requires_grad_(True) for t in (u, delta, A, B, C)]
+    selective_scan(*leaves).square().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
+    # log-decays of -1000 per step underflow to zero decay: the state is just the last input
+    huge = selective_scan(u, torch.full_like(delta, 20.0), A - 50.0, B, C, return_last_state=True)[1]
+    expected = 20.0 * u[:, :, -1, None] * B[:, None, :, -1]
+    torch.testing.assert_close(huge, expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_scan_low_precision_inputs(dtype):
+    inputs = make_inputs(length=20, dtype=torch.float64)
+    low = {k: v.to(dtype) for k, v in inputs.items()}
+    out, last = selective_scan(**low, delta_softplus=True, return_last_state=True)
+    assert out.dtype == dtype and last.dtype == torch.float32  # scanned in float32, returned in u's dtype
+    ref_out, _ = naive_scan(**{k: v.double() for k, v in low.items()}, delta_softplus=True)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=tol)
+
+
+def test_choose_blocking_covers_length():
+    for length, per_step in [(1, 1), (7, 10**7), (9600, 8192), (41, 512 * 16 * 64), (100000, 16)]:
+        chunk_len, chunks = ss.choose_blocking(length, per_step)
+        assert chunk_len >= 1 and chunks >= 1
+        assert chunk_len * chunks <= max(length, 1) + chunk_len  # a block never exceeds the sequence by a chunk
+
+
+def _bad(**changes):
+    inputs = make_inputs(length=5)
+    inputs.update(changes)
+    return inputs
+
+
+@pytest.mark.parametrize(
+    "inputs,error,match",
+    [
+        (_bad(A=torch.complex(torch.randn(6, 3), torch.randn(6, 3))), ValueError, "complex A"),
+        (_bad(u=torch.randn(2, 6)), ValueError, "u must be"),
+        (_bad(delta=torch.randn(2, 6, 4, dtype=torch.float64)), ValueError, "delta must"),
+        (_bad(A=torch.randn(5, 3, dtype=torch.float64)), ValueError, "A must"),
+        (_bad(B=torch.randn(2, 4, 5, dtype=torch.float64)), ValueError, "B must"),
+        (_bad(C=torch.randn(2, 3, dtype=torch.float64)), ValueError, "C must"),
+        (_bad(B=torch.randn(2, 4, 3, 5, dtype=torch.float64)), ValueError, "B has 4 groups"),
+        (_bad(D=torch.randn(5, dtype=torch.float64)), ValueError, "D must"),
+        (_bad(delta_bias=torch.randn(6, 1, dtype=torch.float64)), ValueError, "delta_bias must"),
+        (_bad(z=torch.randn(2, 6, 4, dtype=torch.float64)), ValueError, "z must"),
+        (_bad(u=torch.ones(2, 6, 5, dtype=torch.long)), TypeError, "u must be a floating"),
+        (_bad(B=[[1.0]]), TypeError, "B must be a torch.Tensor"),
+        (_bad(A=torch.randn(6, 3, device="meta")), ValueError, "A is on meta"),
+        (make_inputs(length=0), ValueError, "at least 1"),
+    ],
+)
+def test_scan_rejects_bad_inputs(inputs, error, match):
+    with pytest.raises(error, match=match):
+        selective_scan(**inputs)
+
+
+def test_scan_rejects_bad_blocking():
+    with pytest.raises(ValueError, match="chunk_len"):
+        ss.selective_scan_pytorch(**make_inputs(length=5), chunk_len=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backend choice: mamba-ssm's kernel when it imports, the PyTorch scan otherwise
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_mamba_ssm(monkeypatch):
+    """Install a stand-in ``mamba_ssm.ops.selective_scan_interface`` and make CPU tensors look kernel-eligible."""
+    calls = []
+    interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+
+    def fake_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+        calls.append({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias,
+                      "delta_softplus": delta_softplus, "return_last_state": return_last_state})
+        return ss.selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    interface.selective_scan_fn = fake_fn
+    interface.selective_scan_cuda = object()  # the compiled extension "loaded"
+    package, ops = types.ModuleType("mamba_ssm"), types.ModuleType("mamba_ssm.ops")
+    package.ops, ops.selective_scan_interface = ops, interface
+    monkeypatch.setitem(sys.modules, "mamba_ssm", package)
+    monkeypatch.setitem(sys.modules, "mamba_ssm.ops", ops)
+    monkeypatch.setitem(sys.modules, "mamba_ssm.ops.selective_scan_interface", interface)
+    monkeypatch.setattr(ss, "_mamba_ssm_checked", False)
+    monkeypatch.setattr(ss, "_mamba_ssm_fn", None)
+    monkeypatch.setattr(ss, "_kernel_accepts", lambda u, A, B, C: True)
+    return interface, calls
+
+
+def test_backend_uses_mamba_ssm_kernel_with_its_dtypes(fake_mamba_ssm):
+    _, calls = fake_mamba_ssm
+    inputs = {k: v.to(torch.float16) for k, v in make_inputs(length=6).items()}
+    out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True)
+    assert len(calls) == 1 and ss.mamba_ssm_available()
+    call = calls[0]
+    # the kernel wants delta, B, C, z in u's dtype and A, D, delta_bias in float32
+    assert {call[k].dtype for k in ("u", "delta", "B", "C", "z")} == {torch.float16}
+    assert {call[k].dtype for k in ("A", "D", "delta_bias")} == {torch.float32}
+    assert call["delta_softplus"] is True and call["return_last_state"] is True
+    assert out.dtype == torch.float16 and last.shape == (2, 6, 3)
+    assert ss.backend_name("cuda") == "mamba_ssm" and ss.backend_name("cpu") == "pytorch"
+    ss.prefer_mamba_ssm = False
+    try:
+        selective_scan(**inputs)
+        assert len(calls) == 1 and ss.backend_name("cuda") == "pytorch"
+    finally:
+        ss.prefer_mamba_ssm = True
+
+
+def test_backend_falls_back_without_compiled_extension(fake_mamba_ssm):
+    interface, calls = fake_mamba_ssm
+    interface.selective_scan_cuda = None  # newer mamba-ssm imports without it and fails only when called
+    out = selective_scan(**make_inputs(length=6))
+    assert not calls and not ss.mamba_ssm_available() and out.shape == (2, 6, 6)
+
+
+def test_backend_falls_back_on_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # makes the import raise ImportError
+    monkeypatch.setattr(ss, "_mamba_ssm_checked", False)
+    monkeypatch.setattr(ss, "_mamba_ssm_fn", None)
+    assert not ss.mamba_ssm_available()
+    assert ss.backend_name("cuda") == "pytorch" and ss.backend_name() in ("pytorch", "mamba_ssm")
