@@ -29,8 +29,33 @@ def shipped_weights() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.pt"))}
 
 
+#: ``pretrained="default"`` resolves to the first of these that ships (``asmamba/weights/<name>.pt``).
+DEFAULT_WEIGHTS = ("asmamba-xfeat",)
+DEFAULT = "default"
+
+
+def default_weights() -> str:
+    """Name of the shipped weights that ``pretrained="default"`` means.
+
+    Raises:
+        CheckpointError: no weights ship with this installation.
+    """
+    shipped = shipped_weights()
+    for name in DEFAULT_WEIGHTS:
+        if name in shipped:
+            return name
+    if shipped:
+        return next(iter(shipped))
+    raise CheckpointError(
+        "no AS-Mamba weights ship with this installation (asmamba/weights/*.pt); pass pretrained=<checkpoint path>, "
+        "or pretrained=None for an untrained model"
+    )
+
+
 def resolve_weights(pretrained: Union[str, os.PathLike]) -> Path:
-    """A shipped weights name or a file path -> an existing file (never a download)."""
+    """``"default"``, a shipped weights name or a file path -> an existing file (never a download)."""
+    if isinstance(pretrained, str) and pretrained == DEFAULT:
+        pretrained = default_weights()
     shipped = shipped_weights()
     if isinstance(pretrained, str) and pretrained in shipped:
         return shipped[pretrained]

@@ -43,7 +43,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="model preset (base, tiny) or YAML path")
-    p.add_argument("--weights", default=None, help="shipped weights name or checkpoint path (default: none)")
+    p.add_argument("--weights", default="default",
+                   help="'default' (the shipped trained weights), another shipped name, a checkpoint path, or 'none'")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (OmegaConf dotlist)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -55,7 +56,8 @@ def _build_model(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = ASMamba(config=args.config, pretrained=args.weights, overrides=args.set)
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    model = ASMamba(config=args.config, pretrained=weights, overrides=args.set)
     if torch.cuda.is_available():
         model = model.cuda()
     return model
@@ -88,11 +90,11 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     import torch
     from kornia.feature import LoFTR
 
-    from .profile import median_latency_ms, random_pair
+    from .profile import median_latency_ms, stereo_pair
 
     torch.set_num_threads(args.threads)
     w, h = args.size
-    pair = random_pair(h, w)
+    pair = stereo_pair(h, w)
     model = _build_model(args)
     loftr = LoFTR(pretrained=None).eval()
     with torch.inference_mode():
@@ -103,7 +105,8 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
         )
     result = {
         "size": f"{w}x{h}", "threads": args.threads, "config": str(args.config or "base"),
-        "asmamba_ms": round(ours, 1), "loftr_ms": round(theirs, 1), "ratio": round(ours / theirs, 3),
+        "weights": str(args.weights), "asmamba_ms": round(ours, 1), "loftr_ms": round(theirs, 1),
+        "ratio": round(ours / theirs, 3),
     }
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
@@ -112,11 +115,11 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .profile import flops_per_component, parameter_counts, random_pair
+    from .profile import flops_per_component, parameter_counts, stereo_pair
 
     model = _build_model(args)
     w, h = args.size
-    pair = random_pair(h, w)
+    pair = stereo_pair(h, w)
     params = parameter_counts(model.net)
     flops = flops_per_component(model.net, lambda: model(pair))
     rows = [("component", "params (M)", f"GFLOPs @ {w}x{h}")]
@@ -155,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    b = bench.add_parser("latency", help="AS-Mamba vs kornia's LoFTR (random weights), same process and threads")
+    b = bench.add_parser("latency", help="AS-Mamba vs kornia's LoFTR (random weights), same process and threads, "
+                                         "on the Motorcycle stereo pair resized to --size")
     b.add_argument("--size", type=_parse_size, default=(640, 480), help="WxH, default 640x480")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--warmup", type=int, default=1)

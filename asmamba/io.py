@@ -137,6 +137,21 @@ class PosePair:
     T_0to1: np.ndarray
 
 
+def iter_pair_lines(path: PathLike) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of every non-blank, non-comment line of a pairs file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"pairs file {str(p)!r} does not exist")
+    for lineno, line in enumerate(p.read_text().splitlines(), start=1):
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            yield lineno, fields
+
+
 def read_pose_pairs(path: PathLike) -> list[PosePair]:
     """Parse a SuperGlue-format pairs file: ``name0 name1 rot0 rot1 K0(9) K1(9) T_0to1(16)`` per line.
 
@@ -145,13 +160,8 @@ def read_pose_pairs(path: PathLike) -> list[PosePair]:
         ValueError: a line has the wrong number of fields or a non-numeric value (the line number is named).
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"pairs file {str(p)!r} does not exist")
     pairs = []
-    for lineno, line in enumerate(p.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
+    for lineno, fields in iter_pair_lines(p):
         if len(fields) != 38:
             raise ValueError(
                 f"{p}:{lineno}: a pose pair line has 38 fields (2 names, 2 rotations, 9+9 K, 16 T_0to1), "

@@ -103,7 +103,7 @@ class ASMamba(_ASMambaCore, LoFTRCompatible):
     ``kornia.tracking.HomographyTracker`` accept it. Registered as ``kornia.feature.ASMamba`` by ``import asmamba``.
 
     Args:
-        pretrained: ``"default"`` (the package's preferred shipped weights; a ``FileNotFoundError`` says so while
+        pretrained: ``"default"`` (the package's preferred shipped weights; a ``CheckpointError`` says so while
             none ship), the name of weights shipped in ``asmamba/weights``, a checkpoint path, or ``None`` for
             random weights. Never a download.
         config: model config, a preset name (``"base"``, ``"tiny"``), YAML path, dict or DictConfig; ``None``
@@ -131,10 +131,6 @@ class ASMamba(_ASMambaCore, LoFTRCompatible):
         config: ConfigLike = None,
         overrides: Optional[Sequence[str]] = None,
     ) -> None:
-        if isinstance(pretrained, str) and pretrained == DEFAULT_PRETRAINED:
-            from .baselines import default_asmamba_weights
-
-            pretrained = default_asmamba_weights()
         super().__init__(config=config, pretrained=pretrained, overrides=overrides)
 
     def forward(self, data: dict[str, Any], return_intermediate: bool = False) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """``ASMamba``: the AS-Mamba matcher behind kornia's LoFTR call contract.
 
 >>> from asmamba import ASMamba
->>> matcher = ASMamba(config="tiny", pretrained=None)
+>>> matcher = ASMamba(config="tiny", pretrained=None)  # random weights; ASMamba() loads the shipped ones
 >>> out = matcher({"image0": torch.rand(1, 1, 240, 320), "image1": torch.rand(1, 1, 240, 320)})
 >>> out["keypoints0"].shape[1], out["confidence"].dtype
 (2, torch.float32)
@@ -71,7 +71,8 @@ class ASMamba(nn.Module):
     Args:
         config: model config: a preset name (``"base"``, ``"tiny"``), a YAML path, a dict or DictConfig. ``None``
             takes the checkpoint's own config when ``pretrained`` is given, else ``"base"``.
-        pretrained: ``None`` (random weights), the name of weights shipped with the package, or a checkpoint path.
+        pretrained: ``"default"`` (the package's trained weights, see :data:`asmamba.checkpoint.DEFAULT_WEIGHTS`),
+            the name of other weights shipped with the package, a checkpoint path, or ``None`` (random weights).
             Weights are never downloaded.
         overrides: OmegaConf dotlist applied on top of ``config`` (e.g. ``["coarse.threshold=0.3"]``).
 
@@ -92,7 +93,7 @@ class ASMamba(nn.Module):
     def __init__(
         self,
         config: ConfigLike = None,
-        pretrained: Optional[Union[str, os.PathLike]] = None,
+        pretrained: Optional[Union[str, os.PathLike]] = "default",
         overrides: Optional[Sequence[str]] = None,
     ) -> None:
         super().__init__()

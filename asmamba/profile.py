@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from typing import Callable
@@ -26,12 +27,20 @@ def median_latency_ms(fn: Callable[[], object], warmup: int = 1, repeats: int = 
     return statistics.median(times)
 
 
-def random_pair(height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A smooth random grayscale pair ``(1, 1, H, W)`` and a shifted copy (so a matcher has something to match)."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 1, height // 8 + 2, width // 8 + 2, generator=g)
-    image = torch.nn.functional.interpolate(base, size=(height + 16, width + 16), mode="bicubic").clamp(0, 1)
-    return {"image0": image[..., :height, :width].contiguous(), "image1": image[..., 16:, 16:].contiguous()}
+def stereo_pair(height: int, width: int) -> dict[str, torch.Tensor]:
+    """The Middlebury Motorcycle stereo pair shipped with scikit-image, grayscale, resized to ``(1, 1, H, W)``: a real
+    pair, so a trained matcher does its full work (its number of matches drives the fine stage's cost)."""
+    import cv2
+    import skimage.data
+
+    left, right, _ = skimage.data.stereo_motorcycle()
+
+    def prep(rgb):
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        gray = cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(gray).float().div(255)[None, None]
+
+    return {"image0": prep(left), "image1": prep(right)}
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -42,17 +51,24 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 def flops_per_component(model: nn.Module, run: Callable[[], object]) -> dict[str, float]:
-    """FLOPs (torch's flop counter: matmuls and convolutions) of each direct child module during ``run()``."""
+    """FLOPs (torch's flop counter: matmuls and convolutions) of each direct child module during ``run()``.
+
+    The selective scan's element-wise recurrence is not a matmul and is not counted.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False, depth=None)
     with counter, torch.no_grad():
         run()
     per_module = counter.get_flop_counts()
-    prefix = type(model).__name__
     out = {}
     for name, _ in model.named_children():
-        key = f"{prefix}.{name}"
-        out[name] = float(sum(per_module.get(key, {}).values()))
+        # the counter names modules by their path from the outermost module called (e.g. "ASMamba.net.encoder")
+        keys = [k for k in per_module if k == name or k.endswith(f".{name}")]
+        if keys:
+            out[name] = float(sum(per_module[min(keys, key=len)].values()))
+        else:  # a ModuleList is never called itself: add up its items
+            items = [k for k in per_module if re.search(rf"(^|\.){name}\.\d+$", k)]
+            out[name] = float(sum(sum(per_module[k].values()) for k in items))
     out["total"] = float(counter.get_total_flops())
     return out

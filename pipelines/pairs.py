@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from asmamba.io import iter_pair_lines
 from asmamba_hloc.match_dense import Pair, unique_pairs
 
 PathLike = Union[str, os.PathLike]
@@ -48,15 +49,10 @@ def read_pairs_file(path: PathLike) -> list[Pair]:
         ValueError: a line with fewer than two names (its number is given).
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"pairs file {str(p)!r} does not exist")
     pairs = []
-    for lineno, line in enumerate(p.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
+    for lineno, fields in iter_pair_lines(p):
         if len(fields) < 2:
-            raise ValueError(f"{p}:{lineno}: a pair line holds two image names, got {line.strip()!r}")
+            raise ValueError(f"{p}:{lineno}: a pair line holds two image names, got {' '.join(fields)!r}")
         pairs.append((fields[0], fields[1]))
     return pairs
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from asmamba.baselines import available_matchers, build_matcher, default_asmamba_weights
+from asmamba.baselines import available_matchers, build_matcher
 from asmamba.io import data_root, load_image, scale_points
 
 BASELINES = ["sift", "xfeat", "xfeat_lighterglue"]
@@ -154,11 +154,11 @@ def test_asmamba_default_weights_are_the_shipped_ones(monkeypatch, tmp_path):
     import asmamba.checkpoint
 
     monkeypatch.setattr(asmamba.checkpoint, "shipped_weights", lambda: {})
-    with pytest.raises(FileNotFoundError, match="no AS-Mamba weights ship"):
+    with pytest.raises(asmamba.checkpoint.CheckpointError, match="no AS-Mamba weights ship"):
         build_matcher("asmamba")
-    fake = {name: tmp_path / f"{name}.pt" for name in ("a", "tiny", "base")}
+    fake = {name: tmp_path / f"{name}.pt" for name in ("a", "asmamba-xfeat", "base")}
     monkeypatch.setattr(asmamba.checkpoint, "shipped_weights", lambda: fake)
-    assert default_asmamba_weights() == "base"
+    assert asmamba.checkpoint.default_weights() == "asmamba-xfeat"
 
 
 def test_asmamba_by_name_is_the_model():

@@ -18,7 +18,7 @@ LOOSE = ["coarse.threshold=0.0", "coarse.border_rm=0"]
 @pytest.fixture(scope="module")
 def loose():
     torch.manual_seed(0)
-    return ASMamba(config="tiny", overrides=LOOSE)
+    return ASMamba(config="tiny", pretrained=None, overrides=LOOSE)
 
 
 def textured(h, w, seed=0, b=1, c=1):
@@ -41,7 +41,7 @@ def test_contract_keys_dtypes_and_eval_mode(loose):
 
 def test_empty_output_is_typed():
     torch.manual_seed(0)
-    strict = ASMamba(config="tiny", overrides=["coarse.threshold=0.999"])
+    strict = ASMamba(config="tiny", pretrained=None, overrides=["coarse.threshold=0.999"])
     out = strict({"image0": textured(64, 64), "image1": textured(64, 64, 1)})
     assert out["keypoints0"].shape == (0, 2) and out["keypoints0"].dtype == torch.float32
     assert out["confidence"].shape == (0,) and out["batch_indexes"].dtype == torch.long
@@ -119,11 +119,11 @@ def test_bad_input_is_named(loose, data, error, needle):
 
 def test_unknown_config_key_is_named():
     with pytest.raises(ConfigError, match="blocks.nmu"):
-        ASMamba(config="tiny", overrides=["blocks.nmu=2"])
+        ASMamba(config="tiny", pretrained=None, overrides=["blocks.nmu=2"])
 
 
 def test_checkpoint_from_other_architecture_names_keys(tmp_path):
-    tiny = ASMamba(config="tiny")
+    tiny = ASMamba(config="tiny", pretrained=None)
     path = tmp_path / "tiny.pt"
     save_checkpoint(path, {"config": to_plain(tiny.config), "state_dict": tiny.net.state_dict()})
     with pytest.raises(CheckpointError, match="shape mismatches"):
@@ -134,7 +134,7 @@ def test_checkpoint_from_other_architecture_names_keys(tmp_path):
 
 def test_fp16_checkpoint_roundtrip(tmp_path):
     torch.manual_seed(3)
-    model = ASMamba(config="tiny", overrides=LOOSE)
+    model = ASMamba(config="tiny", pretrained=None, overrides=LOOSE)
     path = tmp_path / "half.pt"
     save_checkpoint(path, {"config": to_plain(model.config), "state_dict": half_state_dict(model.net)})
     loaded = ASMamba(pretrained=str(path))  # config comes from the checkpoint

@@ -100,3 +100,27 @@ def test_sample_cells_reads_exact_cells():
     xy = torch.tensor([[[0.0, 0.0], [3.0, 2.0], [1.5, 1.0], [-5.0, 0.0]]])
     out = sample_cells(feat, xy)[0, :, 0]
     assert torch.allclose(out, torch.tensor([0.0, 11.0, 5.5, 0.0]), atol=1e-5)
+
+
+def test_union_rule_matches_naive_one_way_nearest_neighbours():
+    torch.manual_seed(2)
+    cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.01", "coarse.rule=union"])
+    cm = CoarseMatching(cfg).eval()
+    B, h, w, C = 1, 3, 5, cfg.dims.c_match
+    f0, f1 = torch.randn(B, h * w, C), torch.randn(B, h * w, C)
+    full = torch.tensor([[h, w]])
+    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full}
+    with torch.no_grad():
+        cm(f0, f1, data)
+    conf = data["conf_matrix"][0]
+    expected = set()
+    for i in range(h * w):  # one-way nearest neighbours in both directions, above the threshold
+        j = int(conf[i].argmax())
+        if conf[i, j] > cfg.coarse.threshold:
+            expected.add((0, i, j))
+    for j in range(h * w):
+        i = int(conf[:, j].argmax())
+        if conf[i, j] > cfg.coarse.threshold:
+            expected.add((0, i, j))
+    got = set(zip(data["b_ids"].tolist(), data["i_ids"].tolist(), data["j_ids"].tolist()))
+    assert got == expected and len(got) > 0

@@ -26,12 +26,10 @@ __all__ = [
     "LocalFeatures",
     "available_matchers",
     "build_matcher",
-    "default_asmamba_weights",
     "mutual_nearest_neighbours",
 ]
 
 # Shipped AS-Mamba weights used by build_matcher("asmamba") when no `pretrained` is given, in order of preference.
-ASMAMBA_DEFAULT_WEIGHTS = ("base", "tiny")
 
 
 def _sift(**kw: Any) -> nn.Module:
@@ -62,32 +60,10 @@ def _lightglue(features: str) -> Callable[..., nn.Module]:
     return build
 
 
-def default_asmamba_weights() -> str:
-    """Name of the shipped AS-Mamba weights ``build_matcher("asmamba")`` loads by default.
-
-    Raises:
-        FileNotFoundError: no weights ship with this installation.
-    """
-    from asmamba.checkpoint import shipped_weights
-
-    shipped = shipped_weights()
-    for name in ASMAMBA_DEFAULT_WEIGHTS:
-        if name in shipped:
-            return name
-    if shipped:
-        return next(iter(shipped))
-    raise FileNotFoundError(
-        "no AS-Mamba weights ship with this installation (asmamba/weights/*.pt); pass pretrained=<checkpoint path>, "
-        "or pretrained=None for an untrained model"
-    )
-
-
 def _asmamba(**kw: Any) -> nn.Module:
     from asmamba import ASMamba  # lazily: the model is not needed by the baselines
 
-    if "pretrained" not in kw:
-        kw["pretrained"] = default_asmamba_weights()
-    return ASMamba(**kw)
+    return ASMamba(**kw)  # pretrained="default": the shipped weights
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
