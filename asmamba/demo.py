@@ -107,9 +107,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     from .pipelines.reconstruct import main as reconstruct_main
 
+    from .io import list_images, read_image
+
+    # dense matches merge into one keypoint per coarse cell: 8 px at the matched resolution, in original pixels
+    long_side = max(read_image(images / list_images(images)[0], grayscale=True).shape)
+    cell = 8.0 * max(1.0, long_side / args.resize_max)
     print(f"reconstructing {images} with {name} ...")
-    return reconstruct_main([str(images), str(out / "sfm"), "--matcher", name,
-                             "--resize-max", str(args.resize_max)])
+    return reconstruct_main([str(images), str(out / "sfm"), "--matcher", name, "--resize-max", str(args.resize_max),
+                             "--set", f"quantization.dense.cell_size={cell:.2f}",
+                             f"quantization.dense.max_error={cell / 2:.2f}"])
 
 
 if __name__ == "__main__":
