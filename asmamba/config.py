@@ -120,12 +120,10 @@ def merge_with_schema(schema: DictConfig, *layers: DictConfig, overrides: Option
 
 def _check_types(schema: Any, value: Any, path: str) -> None:
     """Every leaf must have its schema default's type (an int is a valid float; ``None`` defaults take anything)."""
-    if schema is None or value is None and schema is None:
+    if schema is None:
         return
     if isinstance(schema, dict):
         if not isinstance(value, dict):
-            if path.endswith("train") or path.endswith("init"):
-                return
             raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
         for k, v in value.items():
             if k in schema:
