@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from .allocator import tune_from_environment
+
 #: sub-command -> "module:function" taking ``argv`` and returning an exit code
 DELEGATED = {
     "reconstruct": "asmamba.pipelines.reconstruct:main",
@@ -20,6 +22,12 @@ DELEGATED = {
     "evaluate-sfm": "asmamba.pipelines.evaluate:main",
     "train": "asmamba.training.trainer:main",
     "demo": "asmamba.demo:main",
+}
+BENCH_COMMANDS = {
+    "compare": "asmamba.bench.compare:main",
+    "scaling": "asmamba.bench.scaling:main",
+    "ablations": "asmamba.bench.ablations:main",
+    "figures": "asmamba.bench.figures:main",
 }
 EVAL_COMMANDS = {
     "pose": "asmamba.training.evaluation.cli:eval_pose_main",
@@ -167,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--skip-loftr", action="store_true", help="time AS-Mamba only")
     _add_model_args(b)
     b.set_defaults(func=cmd_bench_latency, threads=2)
+    for name in BENCH_COMMANDS:
+        bench.add_parser(name, help=f"see 'asmamba bench {name} --help'", add_help=False)
 
     p = sub.add_parser("info", help="parameters and FLOPs per component")
     p.add_argument("--size", type=_parse_size, default=(640, 480))
@@ -182,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    tune_from_environment()  # glibc keeps freed memory: ~35 % faster on CPU (asmamba.allocator)
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in BENCH_COMMANDS:
+        return _call(BENCH_COMMANDS[argv[1]], argv[2:])
     if argv and argv[0] in DELEGATED:
         return _call(DELEGATED[argv[0]], argv[1:])
     if argv and argv[0] == "eval":

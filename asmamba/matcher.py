@@ -167,6 +167,7 @@ class ASMamba(nn.Module):
         device = prepared["image0"].device
         if next(self.net.parameters()).device != device:
             raise ValueError(f"images are on {device} but the model is on {next(self.net.parameters()).device}")
+        prepared["keep_conf_matrix"] = return_intermediate
         result = self.net(prepared)
         kpts0, kpts1 = result["mkpts0_f"], result["mkpts1_f"]
         b_ids = result["b_ids"]

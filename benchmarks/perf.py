@@ -3,7 +3,8 @@ scaling with pixels (1280x960 vs 640x480), and peak memory of a 1024x768 pair. P
 
     python benchmarks/perf.py --threads 2 [--weights default] [--config xfeat]
 
-Each measurement runs in a fresh process so that peak RSS belongs to that measurement alone.
+Each measurement runs in a fresh process so that peak RSS belongs to that measurement alone. The allocator is tuned
+as the command line does (asmamba.allocator); ASMAMBA_TUNE_MALLOC=0 measures with glibc's defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, torch
+from asmamba.allocator import tune_from_environment
+tuned = tune_from_environment()
 from asmamba import ASMamba
 from asmamba.profile import median_latency_ms, stereo_pair
 threads, w, h, weights, config, what = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
@@ -31,7 +34,8 @@ with torch.inference_mode():
     n = len(model(pair)["keypoints0"])
     ms = median_latency_ms(lambda: model(pair), warmup=0, repeats=3)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"ms": ms, "matches": n, "peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - before) / 1024}))
+print(json.dumps({"ms": ms, "matches": n, "peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - before) / 1024,
+                  "malloc_tuned": tuned}))
 """
 
 
@@ -54,6 +58,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": args.threads, "weights": args.weights, "config": args.config,
+        "torch": __import__("torch").__version__, "malloc_tuned": ours_640["malloc_tuned"],
         "asmamba_640x480_ms": round(ours_640["ms"]), "asmamba_640x480_matches": ours_640["matches"],
         "loftr_640x480_ms": round(loftr_640["ms"]),
         "ratio_vs_loftr": round(ours_640["ms"] / loftr_640["ms"], 3),

@@ -212,3 +212,21 @@ def test_multihead_rejects_bad_arguments(kwargs, match):
 def test_multihead_rejects_bad_input():
     with pytest.raises(ValueError, match="MultiHeadMamba"):
         MultiHeadMamba(16, (8, 4))(torch.randn(2, 5, 12))
+
+
+@pytest.mark.parametrize("kernel,length,bias", [(4, 50, True), (4, 2, False), (1, 5, True), (3, 3, True)])
+def test_causal_conv_equals_torch_conv1d(kernel, length, bias):
+    """The shifted multiply-add convolution against PyTorch's padded depthwise conv1d: values and gradients."""
+    from asmamba.mamba.mamba import causal_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, kernel, groups=6, padding=kernel - 1, bias=bias).double()
+    x = torch.randn(3, 6, length, dtype=torch.float64, requires_grad=True)
+    out = causal_conv(conv, x)
+    ref = conv(x)[..., :length]
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    w = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * w).sum(), [x, *conv.parameters()])
+    ref_grads = torch.autograd.grad((ref * w).sum(), [x, *conv.parameters()])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=0)

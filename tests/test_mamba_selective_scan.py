@@ -166,6 +166,25 @@ def test_scan_low_precision_inputs(dtype):
     torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("batch,groups", [(7, None), (9, 2)])
+def test_scan_short_sequences_run_in_batch_slices(monkeypatch, batch, groups):
+    """A short sequence over a large batch runs slice by slice (here 2 items a slice, the last slice shorter)."""
+    monkeypatch.setitem(ss.scan_blocking, "slice_elements", 2 * 6 * 3)
+    assert ss.choose_slicing(batch, 6 * 3, 12) == (2, 12, 1)
+    inputs = make_inputs(batch=batch, length=12, groups_B=groups, groups_C=groups)
+    check_against_naive(inputs, {"delta_softplus": True}, ss.selective_scan_pytorch)
+    with torch.no_grad():
+        out = ss.selective_scan_pytorch(**inputs, delta_softplus=True)
+    torch.testing.assert_close(out, naive_scan(**inputs, delta_softplus=True)[0], atol=1e-9, rtol=0)
+
+
+def test_choose_slicing_only_for_short_sequences_over_large_batches():
+    per_item = 64 * 4
+    assert ss.choose_slicing(3571, per_item, 50) == (ss.scan_blocking["slice_elements"] // per_item, 50, 1)
+    assert ss.choose_slicing(3571, per_item, 9600) == (3571, None, None)  # long: blocked over time instead
+    assert ss.choose_slicing(2, per_item, 50) == (2, None, None)  # small batch: nothing to slice
+
+
 def test_choose_blocking_covers_length():
     for length, per_step in [(1, 1), (7, 10**7), (9600, 8192), (41, 512 * 16 * 64), (100000, 16)]:
         chunk_len, chunks = ss.choose_blocking(length, per_step)

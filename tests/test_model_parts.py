@@ -1,12 +1,14 @@
 """Model pieces against independent references: coarse matching vs a naive loop, fine windows vs bilinear
 sampling, the adaptive span rule vs ASpanFormer's formula."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from asmamba.config import load_config
+from asmamba.model import coarse_matching
 from asmamba.model.coarse_matching import CoarseMatching, border_mask, cell_centres
-from asmamba.model.fine_matching import unfold_windows
+from asmamba.model.fine_matching import gather_windows
 from asmamba.model.local_path import sample_cells, span_offsets
 
 
@@ -34,45 +36,76 @@ def _naive_mutual_matches(conf, thr):
     return found
 
 
-def test_coarse_matching_matches_naive_dual_softmax_mnn():
+def _coarse_paths(monkeypatch, path):
+    """'dense' builds conf_matrix; 'streamed' is the inference path, forced here to blocks of 5 rows."""
+    if path == "streamed":
+        monkeypatch.setattr(coarse_matching, "STREAM_BLOCK_ELEMENTS", 5 * 24 * 2)
+    return {"keep_conf_matrix": path == "dense"}
+
+
+def _reference_conf(cm, f0, f1, C, temperature, valid0=None, valid1=None):
+    with torch.no_grad():
+        sim = torch.einsum("blc,bsc->bls", cm.proj(f0), cm.proj(f1)) / (C * temperature)
+        if valid0 is not None:
+            sim = sim.masked_fill(~valid0[:, :, None], -1e9).masked_fill(~valid1[:, None, :], -1e9)
+        return sim.softmax(1) * sim.softmax(2)
+
+
+COARSE_PATHS = pytest.mark.parametrize("path", ["dense", "streamed"])
+
+
+@COARSE_PATHS
+def test_coarse_matching_matches_naive_dual_softmax_mnn(monkeypatch, path):
     torch.manual_seed(0)
     cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.01"])
     cm = CoarseMatching(cfg).eval()
     B, h, w, C = 2, 4, 6, cfg.dims.c_match
     f0, f1 = torch.randn(B, h * w, C), torch.randn(B, h * w, C)
     full = torch.tensor([[h, w]] * B)
-    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full}
+    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full,
+            **_coarse_paths(monkeypatch, path)}
     with torch.no_grad():
         cm(f0, f1, data)
-        p0, p1 = cm.proj(f0), cm.proj(f1)
-        sim = torch.einsum("blc,bsc->bls", p0, p1) / (C * cfg.coarse.temperature)
-        ref = sim.softmax(1) * sim.softmax(2)
-    assert torch.allclose(data["conf_matrix"], ref, atol=1e-6)
+    ref = _reference_conf(cm, f0, f1, C, cfg.coarse.temperature)
+    if path == "dense":
+        assert torch.allclose(data["conf_matrix"], ref, atol=1e-6)
+    else:
+        assert "conf_matrix" not in data  # inference never builds the L0 x L1 matrix
     got = set(zip(data["b_ids"].tolist(), data["i_ids"].tolist(), data["j_ids"].tolist()))
     assert got == _naive_mutual_matches(ref, cfg.coarse.threshold)
     assert got  # random features at this threshold do give matches
+    assert torch.allclose(data["mconf"], ref[data["b_ids"], data["i_ids"], data["j_ids"]], atol=1e-6)
 
 
-def test_coarse_matching_respects_padding():
+@COARSE_PATHS
+def test_coarse_matching_respects_padding(monkeypatch, path):
     torch.manual_seed(1)
     cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.0"])
     cm = CoarseMatching(cfg).eval()
     h, w, C = 4, 4, cfg.dims.c_match
     f = torch.randn(1, h * w, C)
     data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": torch.tensor([[2, 3]]),
-            "valid_hw1_c": torch.tensor([[4, 4]])}
+            "valid_hw1_c": torch.tensor([[4, 4]]), **_coarse_paths(monkeypatch, path)}
     with torch.no_grad():
         cm(f, f.clone(), data)
     rows, cols = data["i_ids"] // w, data["i_ids"] % w
-    assert (rows < 2).all() and (cols < 3).all()
-    assert data["conf_matrix"][0].reshape(h, w, -1)[2:].abs().max() < 1e-6
+    assert (rows < 2).all() and (cols < 3).all() and len(rows) > 0
+    if path == "dense":
+        assert data["conf_matrix"][0].reshape(h, w, -1)[2:].abs().max() < 1e-6
+    valid0 = border_mask(torch.tensor([[2, 3]]), h, w, 0)
+    ref = _reference_conf(cm, f, f, C, cfg.coarse.temperature, valid0, torch.ones_like(valid0))
+    assert set(zip(data["b_ids"].tolist(), data["i_ids"].tolist(), data["j_ids"].tolist())) == \
+        _naive_mutual_matches(ref, cfg.coarse.threshold)
 
 
-def test_unfold_windows_equals_bilinear_sampling_at_cell_centres():
+@pytest.mark.parametrize("window", [5, 7])
+def test_gather_windows_equals_bilinear_sampling_at_cell_centres(window):
     torch.manual_seed(0)
-    B, C, h, w, ratio, window = 1, 3, 3, 4, 4, 5
+    B, C, h, w, ratio = 2, 3, 3, 4, 4
     fine = torch.randn(B, C, ratio * h, ratio * w)
-    got = unfold_windows(fine, window, ratio)  # (B, h*w, 25, C)
+    cells = torch.arange(h * w)
+    got = gather_windows(fine, torch.ones_like(cells), cells, window, ratio)  # (h*w, ww, C) of batch item 1
+    fine = fine[1:]
     H, W = fine.shape[-2:]
     half = (window - 1) // 2
     for cell in range(h * w):
@@ -83,7 +116,7 @@ def test_unfold_windows_equals_bilinear_sampling_at_cell_centres():
             y, x = cy + dy - half, cx + dx - half
             grid = torch.tensor([[[[(x + 0.5) / W * 2 - 1, (y + 0.5) / H * 2 - 1]]]], dtype=fine.dtype)
             ref = F.grid_sample(fine, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, :, 0, 0]
-            assert torch.allclose(got[0, cell, k], ref, atol=1e-5), (cell, k)
+            assert torch.allclose(got[cell, k], ref, atol=1e-5), (cell, k)
 
 
 def test_span_offsets_follow_aspanformer_rule():
@@ -102,25 +135,43 @@ def test_sample_cells_reads_exact_cells():
     assert torch.allclose(out, torch.tensor([0.0, 11.0, 5.5, 0.0]), atol=1e-5)
 
 
-def test_union_rule_matches_naive_one_way_nearest_neighbours():
+@COARSE_PATHS
+def test_union_rule_matches_naive_one_way_nearest_neighbours(monkeypatch, path):
     torch.manual_seed(2)
     cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.01", "coarse.rule=union"])
     cm = CoarseMatching(cfg).eval()
-    B, h, w, C = 1, 3, 5, cfg.dims.c_match
+    B, h, w, C = 2, 3, 5, cfg.dims.c_match
     f0, f1 = torch.randn(B, h * w, C), torch.randn(B, h * w, C)
-    full = torch.tensor([[h, w]])
-    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full}
+    full = torch.tensor([[h, w]] * B)
+    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full,
+            **_coarse_paths(monkeypatch, path)}
     with torch.no_grad():
         cm(f0, f1, data)
-    conf = data["conf_matrix"][0]
+    ref = _reference_conf(cm, f0, f1, C, cfg.coarse.temperature)
     expected = set()
-    for i in range(h * w):  # one-way nearest neighbours in both directions, above the threshold
-        j = int(conf[i].argmax())
-        if conf[i, j] > cfg.coarse.threshold:
-            expected.add((0, i, j))
-    for j in range(h * w):
-        i = int(conf[:, j].argmax())
-        if conf[i, j] > cfg.coarse.threshold:
-            expected.add((0, i, j))
-    got = set(zip(data["b_ids"].tolist(), data["i_ids"].tolist(), data["j_ids"].tolist()))
-    assert got == expected and len(got) > 0
+    for b in range(B):
+        for i in range(h * w):  # one-way nearest neighbours in both directions, above the threshold
+            j = int(ref[b, i].argmax())
+            if ref[b, i, j] > cfg.coarse.threshold:
+                expected.add((b, i, j))
+        for j in range(h * w):
+            i = int(ref[b, :, j].argmax())
+            if ref[b, i, j] > cfg.coarse.threshold:
+                expected.add((b, i, j))
+    triples = list(zip(data["b_ids"].tolist(), data["i_ids"].tolist(), data["j_ids"].tolist()))
+    assert set(triples) == expected and len(triples) == len(expected) > 0
+    assert triples == sorted(triples)  # (b, i, j) order, as torch.nonzero of the dense mask
+    assert torch.allclose(data["mconf"], ref[data["b_ids"], data["i_ids"], data["j_ids"]], atol=1e-6)
+
+
+def test_joint_window_encoder_pair_tokens_equal_the_full_bidirectional_pass():
+    """encode_pair skips tokens and backward steps: the tokens it returns equal the full pass's."""
+    from asmamba.model.fine_matching import JointWindowEncoder
+
+    torch.manual_seed(0)
+    enc = JointWindowEncoder(16, 4).double()
+    win0, win1 = torch.randn(3, 9, 16, dtype=torch.float64), torch.randn(3, 9, 16, dtype=torch.float64)
+    full = enc(torch.cat([win0, win1], dim=1))
+    centre, second = enc.encode_pair(win0, win1, 4)
+    torch.testing.assert_close(centre, full[:, 4], atol=1e-12, rtol=0)
+    torch.testing.assert_close(second, full[:, 9:], atol=1e-12, rtol=0)

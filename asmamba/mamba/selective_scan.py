@@ -46,7 +46,10 @@ prefer_mamba_ssm: bool = True
 
 # Blocking of the PyTorch scan: a block holds about `block_elements` state values (time steps x batch x dim x N), so
 # that its decays, states and adjoints stay in cache while the Python loops walk over it (see choose_blocking).
-scan_blocking = {"block_elements": 2**19}
+# Short sequences over a large batch (the fine stage's windows, the local spans) run instead as slices of the batch,
+# each slice one chunk of the whole sequence with about `slice_elements` state values per time step (above
+# PyTorch's parallel grain of 32768 elements, so both threads of an element-wise op work).
+scan_blocking = {"block_elements": 2**19, "short_length": 128, "slice_elements": 2**16}
 
 ScanOutput = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -211,6 +214,20 @@ def choose_blocking(length: int, state_elements_per_step: int) -> tuple[int, int
     block = max(1, min(length, scan_blocking["block_elements"] // max(1, state_elements_per_step)))
     chunk_len = max(1, min(block, round(math.sqrt(block))))
     return chunk_len, math.ceil(block / chunk_len)
+
+
+def choose_slicing(batch: int, state_elements_per_item: int, length: int) -> tuple[int, Optional[int], Optional[int]]:
+    """Batch slice and blocking for the PyTorch scan: ``(batch_slice, chunk_len, chunks_per_block)``.
+
+    A short sequence (at most ``scan_blocking["short_length"]`` steps) over a batch whose per-step state exceeds
+    ``scan_blocking["slice_elements"]`` runs slice by slice, each slice as one chunk of the whole sequence: its states
+    stay in cache and no chunk carries are needed (about 2x faster for the fine windows, 3571 x 64 x 4 x 50).
+    Otherwise the whole batch at once with :func:`choose_blocking` (``None`` chunking).
+    """
+    per_step = batch * state_elements_per_item
+    if length > scan_blocking["short_length"] or per_step <= scan_blocking["slice_elements"]:
+        return batch, None, None
+    return max(1, scan_blocking["slice_elements"] // max(1, state_elements_per_item)), length, 1
 
 
 def _exp_decay_(log_decay: Tensor) -> Tensor:
@@ -490,14 +507,25 @@ def selective_scan_pytorch(
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
     groups = math.lcm(*(t.shape[1] if t.dim() == 4 else 1 for t in (B, C)))
-    auto_chunk_len, auto_chunks = choose_blocking(length, batch * dim * A.shape[1])
+    batch_slice = batch
+    if chunk_len is None and chunks_per_block is None:
+        batch_slice, chunk_len, chunks_per_block = choose_slicing(batch, dim * A.shape[1], length)
+    auto_chunk_len, auto_chunks = choose_blocking(length, batch_slice * dim * A.shape[1])
     chunk_len = min(chunk_len or auto_chunk_len, length)
     chunks_per_block = min(chunks_per_block or auto_chunks, math.ceil(length / chunk_len))
     step = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
-    y, last_state = _BlockedSelectiveScan.apply(
-        u.to(dtype), step, A.to(dtype), _as_groups(B.to(dtype), groups), _as_groups(C.to(dtype), groups),
-        chunk_len, chunks_per_block,
-    )
+    u_, A_ = u.to(dtype), A.to(dtype)
+    B_, C_ = _as_groups(B.to(dtype), groups), _as_groups(C.to(dtype), groups)
+    # (batch slices are independent sequences: the scan of each is exact on its own)
+    pieces = [
+        _BlockedSelectiveScan.apply(u_[i: i + batch_slice], step[i: i + batch_slice], A_, B_[i: i + batch_slice],
+                                    C_[i: i + batch_slice], chunk_len, chunks_per_block)
+        for i in range(0, batch, batch_slice)
+    ]
+    if len(pieces) == 1:
+        y, last_state = pieces[0]
+    else:
+        y, last_state = (torch.cat(parts) for parts in zip(*pieces))
     out = _skip_and_gate(y, u, D, z).to(u.dtype)
     return (out, last_state) if return_last_state else out
 

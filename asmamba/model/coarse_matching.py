@@ -1,7 +1,15 @@
 """Coarse matching: dual-softmax over all cell pairs, threshold, border removal, padding masks, and mutual nearest
-neighbours (LoFTR) or JamMa's union of one-way nearest neighbours."""
+neighbours (LoFTR) or JamMa's union of one-way nearest neighbours.
+
+Training (and any call that asks for ``conf_matrix``) builds the dense ``(B, L0, L1)`` confidence. Inference streams
+over blocks of rows instead, never holding the matrix: the dual-softmax needs each row's and each column's
+log-sum-exp (pass 1, an online log-sum-exp for the columns) and then each row's and column's best partner (pass 2),
+so the similarities are computed twice in cache-sized blocks. Same matches, a fraction of the memory traffic.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -9,6 +17,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 NEG_INF = -1e9
+
+# similarities per block of the streamed inference path (B x rows x L1 values): fits a CPU's L2/L3 cache
+STREAM_BLOCK_ELEMENTS = 2**20
 
 
 def cell_centres(ids: torch.Tensor, w: int, stride: int) -> torch.Tensor:
@@ -70,6 +81,88 @@ class CoarseMatching(nn.Module):
         lse_cols = torch.logsumexp(sim, dim=1, keepdim=True)  # (B, 1, L1)
         return sim.mul_(2).sub_(lse_rows).sub_(lse_cols).exp_()
 
+    def streamed_best(self, f0: torch.Tensor, f1: torch.Tensor, valid0: torch.Tensor, valid1: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each row's and each column's best dual-softmax partner without building the confidence matrix.
+
+        With scaled similarities s, conf_ij = exp(2 s_ij - lse_row_i - lse_col_j), so row i's best column is the
+        argmax of 2 s_ij - lse_col_j and column j's best row the argmax of 2 s_ij - lse_row_i.
+
+        Args:
+            f0, f1: ``(B, L, C)`` features (before the projection); valid0, valid1: ``(B, L)`` bool.
+        Returns:
+            ``row_log_conf (B, L0)``, ``row_arg (B, L0)``, ``col_log_conf (B, L1)``, ``col_arg (B, L1)``: the
+            log-confidence of each row's (column's) best match and its index.
+        """
+        scale = 1.0 / (f0.shape[-1] * self.temperature)
+        f0 = self.proj(f0) * scale
+        f1t = self.proj(f1).transpose(1, 2)  # (B, C, L1)
+        B, L0, L1 = f0.shape[0], f0.shape[1], f1t.shape[2]
+        rows = max(1, STREAM_BLOCK_ELEMENTS // (B * L1))
+        invalid1 = None if bool(valid1.all()) else ~valid1[:, None, :]
+        invalid0 = None if bool(valid0.all()) else ~valid0[:, :, None]
+
+        def similarities(r0: int) -> torch.Tensor:  # (B, R, L1) scaled, padded cells at NEG_INF
+            sim = torch.bmm(f0[:, r0: r0 + rows], f1t)
+            if invalid1 is not None:
+                sim.masked_fill_(invalid1, NEG_INF)
+            if invalid0 is not None:
+                sim.masked_fill_(invalid0[:, r0: r0 + rows], NEG_INF)
+            return sim
+
+        # pass 1: row log-sum-exp, and the columns' by an online log-sum-exp (running max, rescaled sum)
+        lse_row = f0.new_empty(B, L0)
+        col_max = f0.new_full((B, 1, L1), NEG_INF)
+        col_sum = f0.new_zeros(B, 1, L1)
+        for r0 in range(0, L0, rows):
+            sim = similarities(r0)
+            lse_row[:, r0: r0 + rows] = torch.logsumexp(sim, dim=2)
+            new_max = torch.maximum(col_max, sim.amax(dim=1, keepdim=True))
+            col_sum.mul_((col_max - new_max).exp_()).add_(sim.sub_(new_max).exp_().sum(dim=1, keepdim=True))
+            col_max = new_max
+        lse_col = (col_max + col_sum.log()).squeeze(1)  # (B, L1)
+        # pass 2: best partners
+        row_best, row_arg = f0.new_empty(B, L0), torch.empty(B, L0, dtype=torch.long, device=f0.device)
+        col_best = f0.new_full((B, L1), -math.inf)
+        col_arg = torch.zeros(B, L1, dtype=torch.long, device=f0.device)
+        for r0 in range(0, L0, rows):
+            sim2 = similarities(r0).mul_(2)  # 2 s
+            best, arg = (sim2 - lse_col[:, None, :]).max(dim=2)
+            row_best[:, r0: r0 + rows], row_arg[:, r0: r0 + rows] = best, arg
+            best, arg = (sim2.sub_(lse_row[:, r0: r0 + rows, None])).max(dim=1)
+            better = best > col_best  # strict: the lowest row index wins a tie
+            col_best = torch.where(better, best, col_best)
+            col_arg = torch.where(better, arg + r0, col_arg)
+        return row_best - lse_row, row_arg, col_best - lse_col, col_arg
+
+    def select_streamed(self, f0: torch.Tensor, f1: torch.Tensor, valid0: torch.Tensor, valid1: torch.Tensor,
+                        keep0: torch.Tensor, keep1: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`select`'s matches computed by :meth:`streamed_best`: ``(b_ids, i_ids, j_ids, mconf)``."""
+        row_log, row_arg, col_log, col_arg = self.streamed_best(f0, f1, valid0, valid1)
+        log_threshold = math.log(self.threshold) if self.threshold > 0 else -math.inf
+        B, L0 = row_arg.shape
+        L1 = col_arg.shape[1]
+        i_all = torch.arange(L0, device=f0.device)[None].expand(B, L0)
+        row_ok = (row_log > log_threshold) & keep0 & keep1.gather(1, row_arg)
+        if self.rule == "mutual":
+            keep = row_ok & (col_arg.gather(1, row_arg) == i_all)
+            b_ids, i_ids = torch.nonzero(keep, as_tuple=True)
+            return b_ids, i_ids, row_arg[keep], row_log[keep].exp()
+        # union of one-way nearest neighbours, in the dense path's (b, i, j) order
+        j_all = torch.arange(L1, device=f0.device)[None].expand(B, L1)
+        col_ok = (col_log > log_threshold) & keep1 & keep0.gather(1, col_arg)
+        rb, ri = torch.nonzero(row_ok, as_tuple=True)
+        cb, cj = torch.nonzero(col_ok, as_tuple=True)
+        b = torch.cat([rb, cb])
+        i = torch.cat([ri, col_arg[cb, cj]])
+        j = torch.cat([row_arg[rb, ri], j_all[cb, cj]])
+        conf = torch.cat([row_log[rb, ri], col_log[cb, cj]]).exp()
+        key, first = torch.unique(((b * L0 + i) * L1 + j), return_inverse=True)
+        # one confidence per unique match (a mutual match appears once from each side, with the same value)
+        out_conf = conf.new_empty(key.numel()).scatter_(0, first, conf)
+        return (torch.div(key, L0 * L1, rounding_mode="floor"), torch.div(key, L1, rounding_mode="floor") % L0,
+                key % L1, out_conf)
+
     def select(self, conf: torch.Tensor, keep0: torch.Tensor, keep1: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Matches ``(b_ids, i_ids, j_ids, mconf)`` from a confidence matrix ``(B, L0, L1)``.
 
@@ -99,10 +192,10 @@ class CoarseMatching(nn.Module):
         Args:
             f0, f1: ``(B, L, C_match)`` on the common coarse grid ``data['hw_c']``.
             data: reads ``hw_c``, ``valid_hw0_c``, ``valid_hw1_c`` ``(B, 2)``, optional ``mask_c0``, ``mask_c1``
-                ``(B, L)`` bool, and in training the GT keys
-                ``spv_b_ids``/``spv_i_ids``/``spv_j_ids``.
+                ``(B, L)`` bool, ``keep_conf_matrix`` (build ``conf_matrix`` at inference too) and in training the
+                GT keys ``spv_b_ids``/``spv_i_ids``/``spv_j_ids``.
         Writes:
-            ``conf_matrix (B, L0, L1)``; ``b_ids, i_ids, j_ids, mconf (N,)``; ``mkpts0_c, mkpts1_c (N, 2)`` pixel
+            ``conf_matrix (B, L0, L1)`` (in training, with gradients, or when ``keep_conf_matrix``); ``b_ids, i_ids, j_ids, mconf (N,)``; ``mkpts0_c, mkpts1_c (N, 2)`` pixel
             centres of the matched cells. In training the fine stage runs on (a sample of) the GT matches, given as
             ``b_ids/i_ids/j_ids`` with ``fine_on_gt = True``.
         """
@@ -114,11 +207,14 @@ class CoarseMatching(nn.Module):
             valid0 = valid0 & data["mask_c0"]
         if "mask_c1" in data:
             valid1 = valid1 & data["mask_c1"]
-        conf = self.confidence(f0, f1, valid0, valid1)
-        data["conf_matrix"] = conf
         keep0 = border_mask(data["valid_hw0_c"], h, w, self.border) & valid0
         keep1 = border_mask(data["valid_hw1_c"], h, w, self.border) & valid1
-        b_ids, i_ids, j_ids, mconf = self.select(conf, keep0, keep1)
+        if self.training or torch.is_grad_enabled() or data.get("keep_conf_matrix", False):
+            conf = self.confidence(f0, f1, valid0, valid1)
+            data["conf_matrix"] = conf
+            b_ids, i_ids, j_ids, mconf = self.select(conf, keep0, keep1)
+        else:
+            b_ids, i_ids, j_ids, mconf = self.select_streamed(f0, f1, valid0, valid1, keep0, keep1)
         data.update(pred_b_ids=b_ids, pred_i_ids=i_ids, pred_j_ids=j_ids, pred_mconf=mconf)
         data["fine_on_gt"] = False
         if self.training and "spv_b_ids" in data:

@@ -44,29 +44,35 @@ class FineDecoder(nn.Module):
         return self.merge2(x + self.lateral2(fine))
 
 
-def unfold_windows(fine: torch.Tensor, window: int, ratio: int) -> torch.Tensor:
-    """Every coarse cell's ``window x window`` grid of fine features, centred on the cell centre.
+def gather_windows(fine: torch.Tensor, b: torch.Tensor, cells: torch.Tensor, window: int, ratio: int) -> torch.Tensor:
+    """The ``window x window`` grid of fine features centred on each listed coarse cell's centre.
 
     With ``ratio`` fine cells per coarse cell (4 for 1/8 -> 1/2), coarse cell c has its centre at fine coordinate
     ``ratio*c + (ratio-1)/2``, half-way between two fine cells; the map is first averaged over 2x2 neighbourhoods
-    (bilinear sampling at half-integer positions) and the windows are read at unit spacing around that centre.
+    (bilinear sampling at half-integer positions) and the windows are read at unit spacing around that centre, with
+    zeros outside the map. Only the listed cells are read, so the cost grows with the matches, not the image.
 
     Args:
-        fine: ``(B, C, ratio*h, ratio*w)``; window: odd.
+        fine: ``(B, C, ratio*h, ratio*w)``; b, cells: ``(M,)`` batch index and flat coarse index of each window;
+        window: odd.
     Returns:
-        ``(B, h*w, window*window, C)``.
+        ``(M, window*window, C)``.
     """
     B, C, H, W = fine.shape
-    h, w = H // ratio, W // ratio
+    w_cells = W // ratio
     half = (window - 1) // 2
-    # shifted[a] = mean(fine[a-1], fine[a]) sits at fine coordinate a - 0.5
-    shifted = F.avg_pool2d(F.pad(fine, (1, 1, 1, 1)), 2, stride=1)  # (B, C, H+1, W+1)
-    # window of cell c starts at a = ratio*c + ratio/2 - half (cell centre ratio*c + ratio/2 - 0.5)
-    start = ratio // 2 - half
-    need_h, need_w = ratio * (h - 1) + window, ratio * (w - 1) + window
-    shifted = F.pad(shifted, (-start, need_w - (W + 1 - start), -start, need_h - (H + 1 - start)))
-    cols = F.unfold(shifted, kernel_size=window, stride=ratio)  # (B, C*window*window, h*w)
-    return cols.reshape(B, C, window * window, h * w).permute(0, 3, 2, 1)
+    # averaged[a] = mean(fine[a-1], fine[a]) sits at fine coordinate a - 0.5 (index a of the padded average)
+    averaged = F.avg_pool2d(F.pad(fine, (1, 1, 1, 1)), 2, stride=1)  # (B, C, H+1, W+1)
+    # pad by `window` on every side so that every window index is inside; padding reads as zeros
+    averaged = F.pad(averaged, (window, window, window, window)).permute(0, 2, 3, 1)  # (B, H+1+2w, W+1+2w, C)
+    rows = torch.div(cells, w_cells, rounding_mode="floor")
+    cols = cells % w_cells
+    # the centre ratio*c + (ratio-1)/2 is averaged index ratio*c + ratio/2; the window starts `half` before it
+    offsets = torch.arange(window, device=fine.device) - half + ratio // 2 + window
+    ys = (ratio * rows)[:, None] + offsets  # (M, window)
+    xs = (ratio * cols)[:, None] + offsets
+    out = averaged[b[:, None, None], ys[:, :, None], xs[:, None, :]]  # (M, window, window, C)
+    return out.reshape(-1, window * window, C)
 
 
 class JointWindowEncoder(nn.Module):
@@ -79,9 +85,31 @@ class JointWindowEncoder(nn.Module):
         self.backward_scan = Mamba(dim, d_state=d_state, expand=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (M, T, C) -> (M, T, C)
+        # x: (M, T, C) -> (M, T, C): every token
         y = self.norm(x)
         return x + self.forward_scan(y) + self.backward_scan(y.flip(1)).flip(1)
+
+    def encode_pair(self, win0: torch.Tensor, win1: torch.Tensor, centre: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens fine matching reads - window 0's ``centre`` token and all of window 1 - of ``forward`` on
+        ``cat([win0, win1], 1)``, without computing the others.
+
+        The backward scan runs over the reversed sequence and is causal in it, so it stops at window 0's centre:
+        ``centre + 1`` fewer steps than the full sequence.
+
+        Args:
+            win0, win1: ``(M, ww, C)``.
+        Returns:
+            ``(M, C)`` and ``(M, ww, C)``.
+        """
+        ww = win0.shape[1]
+        x = torch.cat([win0, win1], dim=1)  # (M, 2ww, C)
+        y = self.norm(x)
+        fwd = self.forward_scan(y)
+        # reversed position r holds original position 2ww-1-r; window 0's centre is reversed position 2ww-1-centre
+        bwd = self.backward_scan(y.flip(1)[:, : 2 * ww - centre])
+        centre_out = x[:, centre] + fwd[:, centre] + bwd[:, -1]
+        window1_out = win1 + fwd[:, ww:] + bwd[:, :ww].flip(1)
+        return centre_out, window1_out
 
 
 class FineMatching(nn.Module):
@@ -116,16 +144,16 @@ class FineMatching(nn.Module):
         ww = self.window * self.window
         fine0 = self.decoder(data["feat_c0"], data["feat_mid0"], data["feat_fine0"])  # (B, D, 4h, 4w)
         fine1 = self.decoder(data["feat_c1"], data["feat_mid1"], data["feat_fine1"])
-        win0 = unfold_windows(fine0, self.window, ratio)[b, i]  # (M, ww, D)
-        win1 = unfold_windows(fine1, self.window, ratio)[b, j]
+        win0 = gather_windows(fine0, b, i, self.window, ratio)  # (M, ww, D)
+        win1 = gather_windows(fine1, b, j, self.window, ratio)
         c0 = data["feat_c0"].flatten(2).transpose(1, 2)[b, i]  # (M, C_match)
         c1 = data["feat_c1"].flatten(2).transpose(1, 2)[b, j]
         win0 = win0 + self.coarse_to_fine(c0)[:, None]
         win1 = win1 + self.coarse_to_fine(c1)[:, None]
-        if self.joint is not None:
-            joint = self.joint(torch.cat([win0, win1], dim=1))  # (M, 2*ww, D)
-            win0, win1 = joint[:, :ww], joint[:, ww:]
-        centre0 = win0[:, ww // 2]  # (M, D) image 0's keypoint = coarse cell centre
+        if self.joint is not None:  # (M, D) image 0's keypoint = coarse cell centre, (M, ww, D)
+            centre0, win1 = self.joint.encode_pair(win0, win1, ww // 2)
+        else:
+            centre0 = win0[:, ww // 2]
         sim = torch.einsum("mc,mrc->mr", centre0, win1) / self.dim**0.5  # (M, ww)
         heat = F.softmax(sim, dim=1).reshape(M, self.window, self.window)
         steps = torch.linspace(-1, 1, self.window, device=heat.device, dtype=heat.dtype)
