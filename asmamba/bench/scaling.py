@@ -9,7 +9,6 @@ exponent ``latency ~ pixels^k`` (k = 1: linear, 2: quadratic).
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -20,9 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asmamba.allocator import tune_from_environment
 from asmamba.bench.common import (
-    build_any_matcher, load_bench_config, machine_line, markdown_table, measure_matcher, plain, replace_readme_block,
+    build_any_matcher, machine_line, markdown_table, measure_matcher, parse_bench_args, replace_readme_block,
     run_child, write_json_atomic,
 )
 
@@ -80,7 +78,8 @@ def render(results: dict, cfg: dict, machine: str) -> str:
             if "error" in p:
                 rows.append([name, p["size"], "not run: " + p["error"].strip().splitlines()[-1][:100], "", "", ""])
                 continue
-            growth = "" if prev is None else f"{p['latency_ms'] / prev['latency_ms']:.2f} (pixels x{p['pixels'] / prev['pixels']:.2f})"
+            growth = "" if prev is None else (
+                f"{p['latency_ms'] / prev['latency_ms']:.2f} (pixels x{p['pixels'] / prev['pixels']:.2f})")
             rows.append([name, p["size"], f"{p['latency_ms']:.0f}", growth, f"{p['peak_rss_mib']:.0f}",
                          p.get("latency_matches", "")])
             prev = p
@@ -90,7 +89,8 @@ def render(results: dict, cfg: dict, machine: str) -> str:
             by_size = {p["size"]: p for p in ok}
             ratio = ""
             if "640x480" in by_size and "1280x960" in by_size:
-                ratio = f", 1280x960 / 640x480 = {by_size['1280x960']['latency_ms'] / by_size['640x480']['latency_ms']:.2f}x"
+                growth_4x = by_size["1280x960"]["latency_ms"] / by_size["640x480"]["latency_ms"]
+                ratio = f", 1280x960 / 640x480 = {growth_4x:.2f}x"
             notes.append(f"{name}: latency ~ pixels^{k:.2f}{ratio}")
     return (markdown_table(header, rows) + "\n\n" + "; ".join(notes) +
             f". {time.strftime('%Y-%m-%d')}, CPU: {machine}; median of {cfg['repeats']} after {cfg['warmup']} "
@@ -98,16 +98,7 @@ def render(results: dict, cfg: dict, machine: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="asmamba bench scaling", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="configs/bench/scaling.yaml keys, e.g. long_sides=[320,640]")
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--readme", default=None, help="also replace this README's bench-scaling block")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    tune_from_environment()  # the same allocator settings as the command line, in every child
-    cfg = plain(load_bench_config("scaling", args.overrides))
-    out = Path(args.out)
+    args, cfg, out = parse_bench_args("scaling", __doc__, argv)
     points_dir = out / "scaling"
     if args.child:
         name, long_side = args.child[0], int(args.child[1])

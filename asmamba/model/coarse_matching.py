@@ -18,8 +18,11 @@ from omegaconf import DictConfig
 
 NEG_INF = -1e9
 
-# similarities per block of the streamed inference path (B x rows x L1 values): fits a CPU's L2/L3 cache
+# similarities per block of the streamed inference path (B x rows x L1 values): about a CPU's L2/L3 cache, but at
+# least STREAM_MIN_ROWS rows, so that the block's matrix product stays efficient on large images (measured here:
+# 19200 cells, 4.5 s with 256-row blocks against 6.3 s with 54-row ones)
 STREAM_BLOCK_ELEMENTS = 2**20
+STREAM_MIN_ROWS = 256
 
 
 def cell_centres(ids: torch.Tensor, w: int, stride: int) -> torch.Tensor:
@@ -98,7 +101,7 @@ class CoarseMatching(nn.Module):
         f0 = self.proj(f0) * scale
         f1t = self.proj(f1).transpose(1, 2)  # (B, C, L1)
         B, L0, L1 = f0.shape[0], f0.shape[1], f1t.shape[2]
-        rows = max(1, STREAM_BLOCK_ELEMENTS // (B * L1))
+        rows = max(STREAM_MIN_ROWS, STREAM_BLOCK_ELEMENTS // (B * L1))
         invalid1 = None if bool(valid1.all()) else ~valid1[:, None, :]
         invalid0 = None if bool(valid0.all()) else ~valid0[:, :, None]
 
@@ -195,7 +198,8 @@ class CoarseMatching(nn.Module):
                 ``(B, L)`` bool, ``keep_conf_matrix`` (build ``conf_matrix`` at inference too) and in training the
                 GT keys ``spv_b_ids``/``spv_i_ids``/``spv_j_ids``.
         Writes:
-            ``conf_matrix (B, L0, L1)`` (in training, with gradients, or when ``keep_conf_matrix``); ``b_ids, i_ids, j_ids, mconf (N,)``; ``mkpts0_c, mkpts1_c (N, 2)`` pixel
+            ``conf_matrix (B, L0, L1)`` (in training, with gradients, or when ``keep_conf_matrix``);
+            ``b_ids, i_ids, j_ids, mconf (N,)``; ``mkpts0_c, mkpts1_c (N, 2)`` pixel
             centres of the matched cells. In training the fine stage runs on (a sample of) the GT matches, given as
             ``b_ids/i_ids/j_ids`` with ``fine_on_gt = True``.
         """
