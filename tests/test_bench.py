@@ -154,3 +154,10 @@ def test_figures_end_to_end_small(tmp_path):
     assert set(stats) == {"asmamba", "sift", "flow"} and stats["flow"]["queries"] == 6
     for name in ("matches_vs_baseline.png", "flow_uncertainty.png"):
         assert (tmp_path / name).stat().st_size > 20_000
+
+
+def test_read_log_keeps_the_redone_steps_of_a_resumed_run(tmp_path):
+    (tmp_path / "log.csv").write_text("step,coarse\n0,3\n10,2\n20,1.5\n30,1.4\n20,1.6\n30,1.3\n40,1.0\n")
+    log = ablations.read_log(tmp_path)
+    assert [r["step"] for r in log] == [0, 10, 20, 30, 40]
+    assert [r["coarse"] for r in log] == [3, 2, 1.6, 1.3, 1.0]

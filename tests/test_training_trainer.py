@@ -209,6 +209,10 @@ def test_resume_continues_bit_for_bit(tmp_path):
     first = tiny_trainer(tmp_path / "b", steps)
     part1 = first.fit(max_steps=2)
     del first
+    # the run went on past its last checkpoint (step 2) and logged step 2 before it died: resuming redoes step 2
+    log_path = tmp_path / "b" / "log.csv"
+    last_line = log_path.read_text().strip().splitlines()[-1]
+    log_path.write_text(log_path.read_text() + "2.0" + last_line[last_line.index(","):] + "\n")
     resumed = tiny_trainer(tmp_path / "b", steps, resume=True)
     assert resumed.step == 2
     part2 = resumed.fit()

@@ -30,12 +30,19 @@ README_BLOCK = "bench-ablations"
 
 
 def read_log(run_dir: Path) -> list[dict[str, float]]:
-    """The trainer's ``log.csv`` rows as floats (empty if there is none)."""
+    """The trainer's ``log.csv`` rows as floats, in step order (empty if there is none)."""
     path = run_dir / "log.csv"
     if not path.is_file():
         return []
+    rows: list[dict[str, float]] = []
     with path.open() as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        for row in csv.DictReader(f):
+            values = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            # a run resumed from a checkpoint older than its last log rows did those steps again: keep the redo
+            while rows and rows[-1]["step"] >= values["step"]:
+                rows.pop()
+            rows.append(values)
+    return rows
 
 
 def total_steps(recipe: str, overrides: Sequence[str]) -> int:

@@ -238,6 +238,26 @@ class Trainer:
         if self.dist.world == 1:
             set_rng_state(ckpt["rng"])
         self.step, self.skipped = int(ckpt["step"]), int(ckpt["skipped"])
+        if self.dist.main:
+            self._truncate_log(self.step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows of steps at or after ``step``: a run stopped after its last checkpoint logged steps that the
+        resumed run does again (written atomically)."""
+        path = self.out / "log.csv"
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+        kept = [rows[0]] + [r for r in rows[1:] if r and float(r[0]) < step]
+        if len(kept) == len(rows):
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        os.replace(tmp, path)
 
     # ---- one step
     def _batch(self, step: int) -> dict:
