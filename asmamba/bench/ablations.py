@@ -4,12 +4,14 @@ budget and seeds, evaluate each on the held-out scenes with the same code, and w
 
     asmamba bench ablations [--out benchmarks/results] [--readme README.md] [--eval-only] [key=value ...]
     asmamba bench ablations seeds=[0,1]        # a second seed where differences are small
+    asmamba bench ablations seeds=[0,1] --latency-again    # re-time every variant on a quiet machine
 
 Training resumes where a run stopped (``<runs_dir>/<variant>_s<seed>``); finished runs and evaluations are skipped.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import statistics
@@ -102,6 +104,17 @@ def evaluate_variant(checkpoint: Path, cfg: dict) -> dict[str, Any]:
     return result
 
 
+def time_variant(checkpoint: Path, cfg: dict) -> dict[str, Any]:
+    """Latency, matches and peak memory of one trained variant on the latency pair (a child process of its own)."""
+    from asmamba import ASMamba
+    from asmamba.profile import stereo_pair
+
+    torch.set_num_threads(cfg["threads"])
+    w, h = cfg["latency_size"]
+    return measure_matcher(ASMamba(config=None, pretrained=str(checkpoint)), stereo_pair(h, w),
+                           cfg["latency_warmup"], cfg["latency_repeats"])
+
+
 def final_loss(log: list[dict[str, float]], key: str, window: int) -> Optional[float]:
     values = [row[key] for row in log[-window:] if key in row]
     return statistics.fmean(values) if values else None
@@ -179,12 +192,21 @@ def render(cfg: dict, evals: dict[str, dict[int, dict]], logs: dict[str, dict[in
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args, cfg, out = parse_bench_args("ablations", __doc__, argv, extra=lambda p: p.add_argument(
-        "--eval-only", action="store_true", help="evaluate the runs that exist, train nothing"))
+    def extra(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--eval-only", action="store_true", help="evaluate the runs that exist, train nothing")
+        p.add_argument("--latency-again", action="store_true",
+                       help="time every evaluated variant again (each in a fresh process), e.g. on a quiet machine")
+        p.add_argument("--child-latency", nargs=2, default=None, help=argparse.SUPPRESS)
+
+    args, cfg, out = parse_bench_args("ablations", __doc__, argv, extra=extra)
     eval_dir = out / "ablations"
     if args.child:  # evaluate one checkpoint in its own process
         checkpoint, name = Path(args.child[0]), args.child[1]
         write_json_atomic(eval_dir / f"{name}.json", evaluate_variant(checkpoint, cfg["eval"]))
+        return 0
+    if args.child_latency:  # time one checkpoint in its own process
+        checkpoint, name = Path(args.child_latency[0]), args.child_latency[1]
+        write_json_atomic(eval_dir / f"{name}.latency.json", time_variant(checkpoint, cfg["eval"]))
         return 0
     unknown = {v for pair in cfg["questions"].values() for v in pair} - set(cfg["variants"])
     if unknown:
@@ -209,6 +231,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "asmamba.bench.ablations", ["--child", str(checkpoint), f"{name}_s{seed}", "--out", str(out),
                                         *args.overrides],
             eval_dir / f"{name}_s{seed}.json", force=args.force)
+        timing = run_child(
+            "asmamba.bench.ablations", ["--child-latency", str(checkpoint), f"{name}_s{seed}", "--out", str(out),
+                                        *args.overrides],
+            eval_dir / f"{name}_s{seed}.latency.json", force=args.force or args.latency_again)
+        if "latency_ms" in timing:  # the dedicated timing replaces the one taken before the evaluation
+            evals[name][seed].update(latency_ms=timing["latency_ms"], latency_matches=timing["latency_matches"])
     table = render(cfg, evals, logs, machine_line(cfg["eval"]["threads"]))
     write_json_atomic(out / "ablations.json", {"config": cfg, "results": evals})
     (out / "ablations.md").write_text(table)
