@@ -55,19 +55,25 @@ def _reference_conf(cm, f0, f1, C, temperature, valid0=None, valid1=None):
 COARSE_PATHS = pytest.mark.parametrize("path", ["dense", "streamed"])
 
 
-@COARSE_PATHS
-def test_coarse_matching_matches_naive_dual_softmax_mnn(monkeypatch, path):
-    torch.manual_seed(0)
-    cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.01"])
+def _run_coarse_case(monkeypatch, path, seed, overrides, B, h, w):
+    """Random features on a full (unpadded) h x w grid through CoarseMatching; returns (cfg, cm, data, ref conf)."""
+    torch.manual_seed(seed)
+    cfg = load_config("tiny", overrides)
     cm = CoarseMatching(cfg).eval()
-    B, h, w, C = 2, 4, 6, cfg.dims.c_match
+    C = cfg.dims.c_match
     f0, f1 = torch.randn(B, h * w, C), torch.randn(B, h * w, C)
     full = torch.tensor([[h, w]] * B)
     data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full,
             **_coarse_paths(monkeypatch, path)}
     with torch.no_grad():
         cm(f0, f1, data)
-    ref = _reference_conf(cm, f0, f1, C, cfg.coarse.temperature)
+    return cfg, cm, data, _reference_conf(cm, f0, f1, C, cfg.coarse.temperature)
+
+
+@COARSE_PATHS
+def test_coarse_matching_matches_naive_dual_softmax_mnn(monkeypatch, path):
+    cfg, cm, data, ref = _run_coarse_case(monkeypatch, path, 0, ["coarse.border_rm=0", "coarse.threshold=0.01"],
+                                          2, 4, 6)
     if path == "dense":
         assert torch.allclose(data["conf_matrix"], ref, atol=1e-6)
     else:
@@ -138,17 +144,9 @@ def test_sample_cells_reads_exact_cells():
 
 @COARSE_PATHS
 def test_union_rule_matches_naive_one_way_nearest_neighbours(monkeypatch, path):
-    torch.manual_seed(2)
-    cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.01", "coarse.rule=union"])
-    cm = CoarseMatching(cfg).eval()
-    B, h, w, C = 2, 3, 5, cfg.dims.c_match
-    f0, f1 = torch.randn(B, h * w, C), torch.randn(B, h * w, C)
-    full = torch.tensor([[h, w]] * B)
-    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full,
-            **_coarse_paths(monkeypatch, path)}
-    with torch.no_grad():
-        cm(f0, f1, data)
-    ref = _reference_conf(cm, f0, f1, C, cfg.coarse.temperature)
+    B, h, w = 2, 3, 5
+    cfg, cm, data, ref = _run_coarse_case(
+        monkeypatch, path, 2, ["coarse.border_rm=0", "coarse.threshold=0.01", "coarse.rule=union"], B, h, w)
     expected = set()
     for b in range(B):
         for i in range(h * w):  # one-way nearest neighbours in both directions, above the threshold
