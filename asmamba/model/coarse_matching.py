@@ -152,17 +152,16 @@ class CoarseMatching(nn.Module):
             b_ids, i_ids = torch.nonzero(keep, as_tuple=True)
             return b_ids, i_ids, row_arg[keep], row_log[keep].exp()
         # union of one-way nearest neighbours, in the dense path's (b, i, j) order
-        j_all = torch.arange(L1, device=f0.device)[None].expand(B, L1)
         col_ok = (col_log > log_threshold) & keep1 & keep0.gather(1, col_arg)
         rb, ri = torch.nonzero(row_ok, as_tuple=True)
         cb, cj = torch.nonzero(col_ok, as_tuple=True)
         b = torch.cat([rb, cb])
         i = torch.cat([ri, col_arg[cb, cj]])
-        j = torch.cat([row_arg[rb, ri], j_all[cb, cj]])
+        j = torch.cat([row_arg[rb, ri], cj])
         conf = torch.cat([row_log[rb, ri], col_log[cb, cj]]).exp()
-        key, first = torch.unique(((b * L0 + i) * L1 + j), return_inverse=True)
+        key, inverse = torch.unique(((b * L0 + i) * L1 + j), return_inverse=True)
         # one confidence per unique match (a mutual match appears once from each side, with the same value)
-        out_conf = conf.new_empty(key.numel()).scatter_(0, first, conf)
+        out_conf = conf.new_empty(key.numel()).scatter_(0, inverse, conf)
         return (torch.div(key, L0 * L1, rounding_mode="floor"), torch.div(key, L1, rounding_mode="floor") % L0,
                 key % L1, out_conf)
 
