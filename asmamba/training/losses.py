@@ -122,6 +122,8 @@ class ASMambaLoss(nn.Module):
         cells1 = _cells(data, "1", h, w)
         terms: dict[str, torch.Tensor] = {}
         pair_valid = cells0[:, :, None] & cells1[:, None, :]
+        if "spv_supervised" in data:  # sparse-depth items: only the pairs the ground truth decides
+            pair_valid = pair_valid & data["spv_supervised"]
         terms["coarse"] = focal_loss_dual_softmax(data["conf_matrix"], data["conf_matrix_gt"], pair_valid,
                                                   **self.focal)
         if data.get("fine_on_gt") and data["expec_f"].shape[0] > 0:
@@ -138,9 +140,10 @@ class ASMambaLoss(nn.Module):
             flow = flow + probabilistic_flow_loss(flow01, data["spv_flow0"], valid0)
             flow = flow + probabilistic_flow_loss(flow10, data["spv_flow1"], valid1)
         terms["flow"] = flow
-        terms["geom"] = geometry_loss(data["geom0"], data["spv_flow0"], valid0, cells0, (h, w)) + geometry_loss(
-            data["geom1"], data["spv_flow1"], valid1, cells1, (h, w)
-        )
+        # covisibility is known for dense ground truth only: a sparse item's cell without depth may well be covisible
+        dense_items = ~data["spv_sparse"][:, None] if "spv_sparse" in data else True
+        terms["geom"] = geometry_loss(data["geom0"], data["spv_flow0"], valid0, cells0 & dense_items, (h, w)) + \
+            geometry_loss(data["geom1"], data["spv_flow1"], valid1, cells1 & dense_items, (h, w))
         total = sum(self.weights[k] * v for k, v in terms.items())
         logged = {k: float(v.detach()) for k, v in terms.items()}
         logged["total"] = float(total.detach())

@@ -72,6 +72,31 @@ def _nearest_cell(
     return flow, index, ok
 
 
+def fundamental_from_pose(K0: torch.Tensor, K1: torch.Tensor, T_0to1: torch.Tensor) -> torch.Tensor:
+    """``F`` (B, 3, 3) with ``x1^T F x0 = 0`` for pixels (centres at integers) of one 3D point:
+    ``F = K1^-T [t]_x R K0^-1`` for ``T_0to1 = [R | t]``."""
+    T = T_0to1.double()
+    R, t = T[:, :3, :3], T[:, :3, 3]
+    zero = torch.zeros_like(t[:, 0])
+    tx = torch.stack([
+        torch.stack([zero, -t[:, 2], t[:, 1]], -1),
+        torch.stack([t[:, 2], zero, -t[:, 0]], -1),
+        torch.stack([-t[:, 1], t[:, 0], zero], -1),
+    ], 1)
+    return torch.linalg.inv(K1.double()).transpose(1, 2) @ tx @ R @ torch.linalg.inv(K0.double())
+
+
+def epipolar_distance_to_lines(pts0: torch.Tensor, pts1: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+    """``(B, N0, N1)``: distance in image-1 pixels of every ``pts1`` (B, N1, 2) from the epipolar line ``F x0`` of
+    every ``pts0`` (B, N0, 2)."""
+    ones0 = torch.ones_like(pts0[..., :1])
+    lines = torch.cat([pts0, ones0], -1).double() @ F.transpose(1, 2)  # (B, N0, 3): a x + b y + c = 0 in image 1
+    ones1 = torch.ones_like(pts1[..., :1])
+    num = lines @ torch.cat([pts1, ones1], -1).double().transpose(1, 2)  # (B, N0, N1)
+    norm = lines[..., :2].norm(dim=-1).clamp(min=1e-12)
+    return (num.abs() / norm[..., None]).float()
+
+
 def _interior(hc: int, wc: int, border: int, device: torch.device) -> torch.Tensor:
     r, c = torch.meshgrid(torch.arange(hc, device=device), torch.arange(wc, device=device), indexing="ij")
     return ((c >= border) & (c < wc - border) & (r >= border) & (r < hc - border)).reshape(-1)
@@ -85,6 +110,7 @@ def compute_supervision_coarse(
     border: int = 0,
     depth_consistency: float = 0.2,
     dense: bool = True,
+    epipolar_margin: float = 12.0,
 ) -> dict[str, Any]:
     """Add the coarse ground truth to a batch (in place; the batch is also returned).
 
@@ -97,7 +123,11 @@ def compute_supervision_coarse(
         rule: ``"mutual"`` (LoFTR: a pair needs the loop-back) or ``"union"`` (JamMa: both directions' pairs).
         border: cells closer than ``border`` cells to the grid's edge get no ground truth (0 = none dropped).
         depth_consistency: relative depth error above which a depth warp counts as occluded.
-        dense: also build ``conf_matrix_gt`` (B, L0, L1) - large at high resolution (L = cells).
+        dense: also build ``conf_matrix_gt`` (B, L0, L1) and ``spv_supervised`` - large at high resolution.
+        epipolar_margin: for sparse-depth items (``sparse_gt``), a cell pair counts as a certain negative when image
+            1's cell centre lies farther than this (pixels) from the epipolar line of image 0's cell centre. The
+            matched cell of a true correspondence lies within half a cell diagonal (5.7 px at stride 8) of it; the
+            rest of the margin absorbs camera errors.
 
     Adds:
         ``spv_pt0_i`` (B, L0, 2), ``spv_pt1_i`` (B, L1, 2): cell centres in pixels;
@@ -107,6 +137,9 @@ def compute_supervision_coarse(
         ``spv_flow0`` (B, L0, 2): ``spv_w_pt0_i`` in image 1's coarse-grid units, ``(x - 3.5) / 8``;
         ``spv_flow1`` (B, L1, 2): the reverse;
         ``conf_matrix_gt`` (B, L0, L1) float 0/1 (when ``dense``);
+        ``spv_supervised`` (B, L0, L1) bool (when ``dense``): the pairs the ground truth decides - all of them for
+        dense items; for sparse items the rows and columns holding a GT match and the epipolar negatives;
+        ``spv_sparse`` (B,) bool: the sparse items;
         ``spv_b_ids``, ``spv_i_ids``, ``spv_j_ids`` (M,) long: the ground-truth matches, sorted.
     """
     if rule not in RULES:
@@ -163,9 +196,20 @@ def compute_supervision_coarse(
         "spv_i_ids": i_ids,
         "spv_j_ids": j_ids,
     }
+    sparse = torch.as_tensor(batch.get("sparse_gt", torch.zeros(B, dtype=torch.bool)), device=device).bool()
+    sparse &= gt_type == GT_DEPTH
+    out["spv_sparse"] = sparse
     if dense:
         conf = torch.zeros(B, L0, L1, device=device)
         conf[b_ids, i_ids, j_ids] = 1.0
         out["conf_matrix_gt"] = conf
+        supervised = torch.ones(B, L0, L1, dtype=torch.bool, device=device)
+        items = torch.nonzero(sparse).flatten()
+        if len(items):
+            F = fundamental_from_pose(batch["K0"][items], batch["K1"][items], batch["T_0to1"][items])
+            far = epipolar_distance_to_lines(pt0[items], pt1[items], F) > epipolar_margin
+            gt = conf[items] > 0.5
+            supervised[items] = far | gt.any(2, keepdim=True) | gt.any(1, keepdim=True)
+        out["spv_supervised"] = supervised
     batch.update(out)
     return batch

@@ -91,7 +91,26 @@ def batch_indices(n_items: int, batch_size: int, seed: int, step: int, rank: int
     return [perm[(start + k) % n_items] for k in range(batch_size)]
 
 
+#: per-view tensors whose last two dimensions are the image's (H, W); the rest of an item has one shape everywhere
+PADDED_KEYS = ("image0", "image1", "mask0", "mask1", "depth0", "depth1")
+
+
 def collate(items: list[dict]) -> dict:
+    """Stack items into a batch; images, masks and depths of different sizes (e.g. homography pairs beside SfM
+    pairs) are zero-padded at the bottom and right to the largest size - the masks mark the padding, and
+    bottom/right padding changes no pixel coordinate, intrinsics or homography."""
+    if not items:
+        raise ValueError("cannot collate an empty list of items")
+    items = [dict(item) for item in items]
+    for k in ("0", "1"):
+        keys = [key for key in PADDED_KEYS if key.endswith(k) and key in items[0]]
+        H = max(int(item[f"image{k}"].shape[-2]) for item in items)
+        W = max(int(item[f"image{k}"].shape[-1]) for item in items)
+        for item in items:
+            for key in keys:
+                t = item[key]
+                if t.shape[-2:] != (H, W):
+                    item[key] = torch.nn.functional.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]))
     return torch.utils.data.default_collate(items)
 
 
@@ -271,7 +290,8 @@ class Trainer:
                 "(set the dataset's output size accordingly)"
             )
         batch = to_device(batch, self.dist.device)
-        batch.update(compute_supervision_coarse(batch, stride=8, rule=self.cfg.supervision.rule))
+        batch.update(compute_supervision_coarse(
+            batch, stride=8, rule=self.cfg.supervision.rule, epipolar_margin=self.cfg.supervision.epipolar_margin))
         return batch
 
     def train_step(self, step: int) -> Optional[dict[str, float]]:

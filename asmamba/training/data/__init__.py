@@ -46,7 +46,8 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     ``homography_cpu``), a YAML path, a dict or a ``DictConfig``, with keyword overrides.
 
     ``type`` selects the class (``megadepth``, ``scannet``, ``homography``, or ``concat`` with a ``datasets``
-    list of such configs); the other keys are its arguments. Values left ``???`` must come as overrides.
+    list of such configs); ``repeat: n`` lists a dataset's items n times (to weight the parts of a concat); the
+    other keys are its arguments. Values left ``???`` must come as overrides.
 
     Raises:
         ValueError: unknown type or a required value missing. TypeError: an option the dataset does not take.
@@ -56,6 +57,11 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     cfg = as_dictconfig(config, "data")
     conf = OmegaConf.to_container(OmegaConf.merge(cfg, OmegaConf.create(overrides)), resolve=True)
     kind = conf.pop("type", None)
+    repeat = conf.pop("repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+        raise ValueError(f"repeat must be a positive integer (how often the dataset's items are listed), got {repeat!r}")
+    if repeat > 1:
+        return ConcatDataset([build_dataset(dict(conf, type=kind))] * repeat)
     if kind == "concat":
         return ConcatDataset([build_dataset(c) for c in conf.get("datasets", [])])
     if kind == "megadepth":

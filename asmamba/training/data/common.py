@@ -13,6 +13,7 @@ K0, K1          (3, 3) float     intrinsics at network resolution (identity for 
 T_0to1, T_1to0  (4, 4) float     relative poses, camera-0 to camera-1 coordinates (identity for homography)
 H_0to1          (3, 3) float     image-0 pixels to image-1 pixels (identity for depth pairs)
 gt_type         int              :data:`GT_DEPTH` (0) or :data:`GT_HOMOGRAPHY` (1)
+sparse_gt       bool             depth known only at some pixels (SfM points): unknown cells are not negatives
 scale0, scale1  (2,) float       original -> network resize ``(sx, sy)``: ``x_net = (x_orig + 0.5) * sx - 0.5``
 pair_name       str              ``"name0 name1"``
 =============== ================ =========================================================================
@@ -143,11 +144,13 @@ def make_pair_item(
     H_0to1: Optional[np.ndarray] = None,
     scale0: Sequence[float] = (1.0, 1.0),
     scale1: Sequence[float] = (1.0, 1.0),
+    sparse_gt: bool = False,
 ) -> dict:
     """Assemble one item with every key of the shared layout (see the module docstring).
 
     Give either the depth ground truth (``K0, K1, T_0to1``; depth maps optional, zeros when absent) or
-    ``H_0to1``; the other kind is filled with dummies (identity / zeros) so mixed batches collate.
+    ``H_0to1``; the other kind is filled with dummies (identity / zeros) so mixed batches collate. ``sparse_gt``
+    marks depth maps that are known only at some pixels (zeros elsewhere mean "unknown", not "no surface").
 
     Args:
         image0, image1: uint8 ``(H, W)`` or float ``(H, W)`` in [0, 1], at network resolution.
@@ -158,6 +161,8 @@ def make_pair_item(
         raise ValueError("give exactly one kind of ground truth: T_0to1 (+K0, K1) or H_0to1")
     if depth_gt and (K0 is None or K1 is None):
         raise ValueError("depth ground truth needs K0 and K1")
+    if sparse_gt and not depth_gt:
+        raise ValueError("sparse_gt applies to depth ground truth only")
 
     def as_image(a: np.ndarray) -> torch.Tensor:
         return image_tensor(a) if a.dtype == np.uint8 else torch.from_numpy(np.ascontiguousarray(a)).float()[None]
@@ -184,6 +189,7 @@ def make_pair_item(
         "T_1to0": torch.tensor(np.linalg.inv(T), dtype=torch.float32),
         "H_0to1": torch.tensor(eye3 if depth_gt else H_0to1, dtype=torch.float32),
         "gt_type": GT_DEPTH if depth_gt else GT_HOMOGRAPHY,
+        "sparse_gt": bool(sparse_gt),
         "scale0": torch.tensor(np.asarray(scale0, np.float32)),
         "scale1": torch.tensor(np.asarray(scale1, np.float32)),
         "pair_name": pair_name,
@@ -227,10 +233,10 @@ def prepare_view(
     return {"image": gray, "mask": mask, "depth": depth, "K": scale_intrinsics(K, scale_K), "scale": scale}
 
 
-def depth_pair_item(view0: dict, view1: dict, T_0to1: np.ndarray, pair_name: str) -> dict:
+def depth_pair_item(view0: dict, view1: dict, T_0to1: np.ndarray, pair_name: str, sparse_gt: bool = False) -> dict:
     """Item of a depth-supervised pair from two :func:`prepare_view` results."""
     return make_pair_item(
         view0["image"], view1["image"], view0["mask"], view1["mask"], pair_name,
         depth0=view0["depth"], depth1=view1["depth"], K0=view0["K"], K1=view1["K"], T_0to1=T_0to1,
-        scale0=view0["scale"], scale1=view1["scale"],
+        scale0=view0["scale"], scale1=view1["scale"], sparse_gt=sparse_gt,
     )

@@ -30,6 +30,7 @@ default_conf: dict[str, Any] = {
     "min_overlap": 0.0,  # keep pairs with overlap_score > min_overlap
     "max_overlap": 1.0,  # ... and <= max_overlap
     "load_depth": True,  # False for test indices that come without depth maps (depth then all zeros)
+    "sparse_depth": False,  # depth known at some pixels only (sfm_scene.py): unknown cells are not negatives
 }
 
 #: matching-precision threshold of the MegaDepth protocol (squared symmetric epipolar distance, normalised)
@@ -176,7 +177,8 @@ class MegaDepthScene(Dataset):
         meta = self.pair_metadata(idx)
         i, j, _ = self.pairs[idx]
         view0, view1 = self._view(i, meta["K0"]), self._view(j, meta["K1"])
-        return depth_pair_item(view0, view1, meta["T_0to1"], f"{meta['name0']} {meta['name1']}")
+        return depth_pair_item(view0, view1, meta["T_0to1"], f"{meta['name0']} {meta['name1']}",
+                               sparse_gt=bool(self.conf["sparse_depth"]))
 
 
 def read_scene_list(path: PathLike) -> list[str]:

@@ -1,0 +1,244 @@
+"""Real 3D training pairs from a COLMAP reconstruction, written in MegaDepth's layout with *sparse* depth.
+
+MegaDepth itself is COLMAP + multi-view stereo on internet photos. Multi-view stereo needs CUDA in COLMAP, so this
+writer keeps what a CPU reconstruction gives: undistorted images, their cameras, and the depth of every 3D point an
+image observes. Each point's depth is written into a low-resolution depth map (one cell per ``depth_stride`` pixels),
+splatted over its ``splat`` neighbouring cells with the nearest depth winning; every other cell stays 0 (unknown).
+Because the points are observations of the image (COLMAP's tracks), every written depth is visible.
+
+The training loss treats such a pair as *sparse* ground truth (``sparse_gt``): cells without depth are neither
+positives nor negatives, except where the GT cameras' epipolar geometry rules a match out (see
+:func:`asmamba.training.supervision.compute_supervision_coarse`).
+
+Layout under ``out_dir`` (the loader's root; ``MegaDepthScene(out_dir, out_dir/scene_info/<scene>.npz,
+sparse_depth=True)`` reads it)::
+
+    <scene>/images/<name>            undistorted images (PINHOLE cameras)
+    <scene>/depths/<name>.h5         'depth' dataset, float32, 0 = unknown, at 1/depth_stride resolution
+    scene_info/<scene>.npz           pickled dict, as MegaDepth's real indices
+
+Command line: ``python -m asmamba.training.data.sfm_scene IMAGE_DIR OUT_DIR --scene NAME`` runs COLMAP's own SIFT
+reconstruction (pycolmap: SIFT, exhaustive matching, one shared camera, incremental mapping) in
+``OUT_DIR/colmap/NAME`` and writes its largest model; ``--model SFM_DIR`` writes an existing COLMAP model instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from asmamba.training.data.synthetic import INDEX_DIR, _write_atomic, _write_depth
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class SparseView:
+    """One registered image: name, PINHOLE intrinsics (pixel centres at integers), world-to-camera pose, its
+    observed points (pixels, ``(N, 2)``), their depths ``(N,)`` and 3D point ids ``(N,)``."""
+
+    name: str
+    width: int
+    height: int
+    K: np.ndarray
+    T_world_to_cam: np.ndarray
+    xy: np.ndarray
+    depth: np.ndarray
+    point_ids: np.ndarray
+
+
+def sparse_depth_map(xy: np.ndarray, depth: np.ndarray, size_wh: tuple[int, int], stride: int, splat: int) -> np.ndarray:
+    """The low-resolution sparse depth map of one view.
+
+    Low-resolution cell ``u`` covers the image pixels whose centre-aligned resize lands on it: with ``w_lr =
+    round(w / stride)`` cells across, pixel ``x`` falls in cell ``floor((x + 0.5) * w_lr / w)`` - the inverse of
+    :func:`asmamba.training.data.common.resize_depth_nearest`. Each point fills the cells within ``splat`` (Chebyshev
+    distance) of its own, and a cell keeps the smallest depth written into it.
+
+    Args:
+        xy: ``(N, 2)`` pixels (centres at integers; points outside the image are dropped); depth: ``(N,)``
+            positive; size_wh: the image's ``(w, h)``.
+    Returns:
+        ``(h_lr, w_lr)`` float32, 0 where no point reached.
+    """
+    w, h = size_wh
+    w_lr, h_lr = max(1, int(round(w / stride))), max(1, int(round(h / stride)))
+    out = np.full((h_lr, w_lr), np.inf, dtype=np.float64)
+    keep = np.isfinite(xy).all(1) & (depth > 0)
+    keep &= (xy[:, 0] >= -0.5) & (xy[:, 0] < w - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] < h - 0.5)
+    u = np.floor((xy[keep, 0] + 0.5) * w_lr / w).astype(np.int64)
+    v = np.floor((xy[keep, 1] + 0.5) * h_lr / h).astype(np.int64)
+    z = depth[keep].astype(np.float64)
+    for dv in range(-splat, splat + 1):
+        for du in range(-splat, splat + 1):
+            uu, vv = u + du, v + dv
+            inside = (uu >= 0) & (uu < w_lr) & (vv >= 0) & (vv < h_lr)
+            np.minimum.at(out, (vv[inside], uu[inside]), z[inside])
+    out[~np.isfinite(out)] = 0.0
+    return out.astype(np.float32)
+
+
+def read_views(reconstruction) -> list[SparseView]:
+    """The registered images of an undistorted (PINHOLE / SIMPLE_PINHOLE) ``pycolmap.Reconstruction``.
+
+    COLMAP's pixel centres sit at ``+0.5``; keypoints and principal points are shifted to this project's integer
+    convention. Raises ValueError for a camera with distortion (undistort first).
+    """
+    views = []
+    for image_id in sorted(reconstruction.images):
+        image = reconstruction.images[image_id]
+        if not image.has_pose:
+            continue
+        camera = image.camera
+        if camera.model_name not in ("PINHOLE", "SIMPLE_PINHOLE"):
+            raise ValueError(f"image {image.name!r} has a {camera.model_name} camera; undistort the model first")
+        K = np.asarray(camera.calibration_matrix(), np.float64).copy()
+        K[0, 2] -= 0.5
+        K[1, 2] -= 0.5
+        pose = image.cam_from_world()
+        T = np.eye(4)
+        T[:3, :4] = np.asarray(pose.matrix(), np.float64)
+        xy, ids = [], []
+        for p in image.points2D:
+            if p.has_point3D():
+                xy.append(np.asarray(p.xy, np.float64) - 0.5)
+                ids.append(int(p.point3D_id))
+        xy_arr = np.asarray(xy, np.float64).reshape(-1, 2)
+        ids_arr = np.asarray(ids, np.int64)
+        world = np.asarray([reconstruction.points3D[i].xyz for i in ids], np.float64).reshape(-1, 3)
+        depth = world @ T[2, :3] + T[2, 3]
+        views.append(SparseView(image.name, int(camera.width), int(camera.height), K, T, xy_arr, depth, ids_arr))
+    return views
+
+
+def covisible_pairs(views: list[SparseView], min_shared: int) -> list[tuple[np.ndarray, float, float]]:
+    """``((i, j), overlap, shared)`` of every pair sharing at least ``min_shared`` 3D points; overlap is the shared
+    count over the smaller of the two images' point counts."""
+    sets = [set(v.point_ids.tolist()) for v in views]
+    pairs = []
+    for i in range(len(views)):
+        for j in range(i + 1, len(views)):
+            shared = len(sets[i] & sets[j])
+            if shared >= min_shared:
+                overlap = shared / max(1, min(len(sets[i]), len(sets[j])))
+                pairs.append((np.array([i, j]), float(overlap), float(shared)))
+    return pairs
+
+
+def colmap_sift_model(image_dir: PathLike, work_dir: PathLike) -> Path:
+    """COLMAP's SIFT reconstruction of one folder (one shared camera); returns the largest model's folder.
+
+    Reruns reuse ``work_dir/database.db`` and a finished model. Raises RuntimeError when COLMAP builds no model.
+    """
+    import pycolmap
+
+    image_dir, work = Path(image_dir), Path(work_dir)
+    models = work / "models"
+    if models.is_dir() and any(models.iterdir()):
+        return _largest_model(models)
+    work.mkdir(parents=True, exist_ok=True)
+    database = work / "database.db"
+    database.unlink(missing_ok=True)
+    pycolmap.extract_features(database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE)
+    pycolmap.match_exhaustive(database)
+    tmp = work / "models.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    reconstructions = pycolmap.incremental_mapping(database, image_dir, tmp)
+    if not reconstructions:
+        raise RuntimeError(f"COLMAP built no model from the images in {str(image_dir)!r}")
+    os.replace(tmp, models)
+    return _largest_model(models)
+
+
+def _largest_model(models: Path) -> Path:
+    import pycolmap
+
+    folders = [p for p in sorted(models.iterdir()) if (p / "images.bin").is_file()]
+    if not folders:
+        raise RuntimeError(f"{str(models)!r} holds no COLMAP model")
+    return max(folders, key=lambda p: pycolmap.Reconstruction(str(p)).num_reg_images())
+
+
+def write_sparse_scene(
+    sfm_dir: PathLike, image_dir: PathLike, out_dir: PathLike, scene: str, depth_stride: int = 8, splat: int = 1,
+    min_shared: int = 100,
+) -> Path:
+    """Undistort a COLMAP model and write it as a sparse-depth MegaDepth scene (module docstring).
+
+    Args:
+        sfm_dir: COLMAP model folder (cameras/images/points3D); image_dir: the images it was built from.
+        out_dir: dataset root; scene: scene name; depth_stride, splat: see :func:`sparse_depth_map`.
+        min_shared: pairs sharing fewer 3D points are not listed.
+    Returns:
+        the scene_info path.
+    """
+    import pycolmap
+
+    sfm_dir, image_dir, root = Path(sfm_dir), Path(image_dir), Path(out_dir)
+    if not sfm_dir.is_dir():
+        raise FileNotFoundError(f"COLMAP model folder {str(sfm_dir)!r} does not exist")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder {str(image_dir)!r} does not exist")
+    scene_dir = root / scene
+    with tempfile.TemporaryDirectory(dir=root if root.exists() else None) as tmp:
+        pycolmap.undistort_images(tmp, str(sfm_dir), str(image_dir))
+        reconstruction = pycolmap.Reconstruction(str(Path(tmp) / "sparse"))
+        views = read_views(reconstruction)
+        if len(views) < 2:
+            raise ValueError(f"{str(sfm_dir)!r} has {len(views)} registered image(s); a scene needs 2")
+        (scene_dir / "images").mkdir(parents=True, exist_ok=True)
+        for v in views:
+            target = scene_dir / "images" / v.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp) / "images" / v.name, target)
+    image_paths, depth_paths = [], []
+    for v in views:
+        depth = sparse_depth_map(v.xy, v.depth, (v.width, v.height), depth_stride, splat)
+        depth_rel = f"{scene}/depths/{v.name}.h5"
+        (root / depth_rel).parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(root / depth_rel, lambda p, d=depth: _write_depth(p, d))
+        image_paths.append(f"{scene}/images/{v.name}")
+        depth_paths.append(depth_rel)
+    info = {
+        "image_paths": np.array(image_paths, dtype=object),
+        "depth_paths": np.array(depth_paths, dtype=object),
+        "intrinsics": np.array([v.K for v in views] + [None], dtype=object)[:-1],
+        "poses": np.array([v.T_world_to_cam for v in views] + [None], dtype=object)[:-1],
+        "pair_infos": covisible_pairs(views, min_shared),
+    }
+    index = root / INDEX_DIR / f"{scene}.npz"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(index, lambda p: p.write_bytes(pickle.dumps(info, protocol=4)))
+    return index
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Write a COLMAP model as a sparse-depth MegaDepth scene (``python -m asmamba.training.data.sfm_scene -h``)."""
+    parser = argparse.ArgumentParser(prog="asmamba-sfm-scene", description=main.__doc__)
+    parser.add_argument("image_dir", help="folder of the scene's images")
+    parser.add_argument("out_dir", help="dataset root to write (MegaDepth layout)")
+    parser.add_argument("--scene", required=True, help="scene name")
+    parser.add_argument("--model", help="an existing COLMAP model of these images (default: run COLMAP's SIFT SfM)")
+    parser.add_argument("--depth-stride", type=int, default=8, help="pixels per depth cell")
+    parser.add_argument("--splat", type=int, default=1, help="cells each point fills around its own")
+    parser.add_argument("--min-shared", type=int, default=100, help="3D points a listed pair must share")
+    args = parser.parse_args(argv)
+    model = args.model or colmap_sift_model(args.image_dir, Path(args.out_dir) / "colmap" / args.scene)
+    index = write_sparse_scene(model, args.image_dir, args.out_dir, args.scene, args.depth_stride, args.splat,
+                               args.min_shared)
+    info = pickle.loads(index.read_bytes())
+    print(f"{args.scene}: {len(info['image_paths'])} views, {len(info['pair_infos'])} pairs -> {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
