@@ -161,7 +161,7 @@ def test_every_ablation_runs_forward_and_backward(scan, heads, feedback, flow):
     cfg = load_config("tiny", [f"mamba.scan={scan}", f"mamba.heads={heads}", f"blocks.geom_feedback={feedback}",
                                f"blocks.flow_predictor={flow}", *LOOSE])
     net = ASMambaNet(cfg).train()
-    B, H, W = 1, 64, 64
+    H, W = 64, 64
     data = {"image0": textured(H, W), "image1": textured(H, W, 1), "valid_hw0": torch.tensor([[H, W]]),
             "valid_hw1": torch.tensor([[H, W]])}
     out = net(data)
