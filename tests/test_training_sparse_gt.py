@@ -237,3 +237,20 @@ def test_colmap_model_to_sparse_scene_warps_like_the_analytic_cameras(tmp_path):
     x1 = x1 @ K.T
     expected = x1[:, :2] / x1[:, 2:] - 0.5
     np.testing.assert_allclose(batch["spv_w_pt0_i"][0][valid].double().numpy(), expected, atol=0.02)
+
+
+def test_sparse_scene_errors_name_the_problem(tmp_path):
+    pycolmap = pytest.importorskip("pycolmap")
+    from asmamba.training.data.sfm_scene import read_views, write_sparse_scene
+
+    with pytest.raises(FileNotFoundError, match="COLMAP model folder"):
+        write_sparse_scene(tmp_path / "nope", tmp_path, tmp_path / "out", "s")
+    (tmp_path / "model").mkdir()
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        write_sparse_scene(tmp_path / "model", tmp_path / "no_images", tmp_path / "out", "s")
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", 100.0, 64, 48))
+    image = pycolmap.Image(name="a.jpg", camera_id=1, image_id=1, points2D=[])
+    rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d())
+    with pytest.raises(ValueError, match="undistort"):
+        read_views(rec)

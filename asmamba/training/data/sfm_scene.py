@@ -35,7 +35,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from asmamba.training.data.synthetic import INDEX_DIR, _write_atomic, _write_depth
+from asmamba.training.data.synthetic import INDEX_DIR, write_atomic, write_depth_h5
 
 PathLike = Union[str, os.PathLike]
 
@@ -205,7 +205,7 @@ def write_sparse_scene(
         depth = sparse_depth_map(v.xy, v.depth, (v.width, v.height), depth_stride, splat)
         depth_rel = f"{scene}/depths/{v.name}.h5"
         (root / depth_rel).parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(root / depth_rel, lambda p, d=depth: _write_depth(p, d))
+        write_atomic(root / depth_rel, lambda p, d=depth: write_depth_h5(p, d))
         image_paths.append(f"{scene}/images/{v.name}")
         depth_paths.append(depth_rel)
     info = {
@@ -217,7 +217,7 @@ def write_sparse_scene(
     }
     index = root / INDEX_DIR / f"{scene}.npz"
     index.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(index, lambda p: p.write_bytes(pickle.dumps(info, protocol=4)))
+    write_atomic(index, lambda p: p.write_bytes(pickle.dumps(info, protocol=4)))
     return index
 
 

@@ -244,7 +244,8 @@ def pair_overlap(
     return min(fractions), centres[0]
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` into a sibling temporary file, then rename it to ``path`` (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -299,8 +300,8 @@ def generate_scene(
         ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
         if not ok:
             raise RuntimeError(f"JPEG encoding of view {k} failed")
-        _write_atomic(root / image_rel, lambda p, e=encoded: p.write_bytes(e.tobytes()))
-        _write_atomic(root / depth_rel, lambda p, d=depth: _write_depth(p, d))
+        write_atomic(root / image_rel, lambda p, e=encoded: p.write_bytes(e.tobytes()))
+        write_atomic(root / depth_rel, lambda p, d=depth: write_depth_h5(p, d))
         result.image_paths.append(image_rel)
         result.depth_paths.append(depth_rel)
         depths.append(depth)
@@ -316,11 +317,12 @@ def generate_scene(
         "poses": np.array([c.T_world_to_cam for c in cameras] + [None], dtype=object)[:-1],
         "pair_infos": result.pair_infos,
     }
-    _write_atomic(result.scene_info_path, lambda p: p.write_bytes(pickle.dumps(info, protocol=4)))
+    write_atomic(result.scene_info_path, lambda p: p.write_bytes(pickle.dumps(info, protocol=4)))
     return result
 
 
-def _write_depth(path: Path, depth: np.ndarray) -> None:
+def write_depth_h5(path: Path, depth: np.ndarray) -> None:
+    """A depth map in MegaDepth's HDF5 layout (a float32 ``depth`` dataset)."""
     import h5py
 
     with h5py.File(path, "w") as f:
