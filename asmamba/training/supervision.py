@@ -196,8 +196,8 @@ def compute_supervision_coarse(
         "spv_i_ids": i_ids,
         "spv_j_ids": j_ids,
     }
-    sparse = torch.as_tensor(batch.get("sparse_gt", torch.zeros(B, dtype=torch.bool)), device=device).bool()
-    sparse &= gt_type == GT_DEPTH
+    # a new tensor: the batch's own sparse_gt is not modified
+    sparse = torch.as_tensor(batch.get("sparse_gt", False), device=device).bool() & (gt_type == GT_DEPTH)
     out["spv_sparse"] = sparse
     if dense:
         conf = torch.zeros(B, L0, L1, device=device)
