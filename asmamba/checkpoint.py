@@ -131,4 +131,10 @@ def half_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def checkpoint_config(ckpt: Mapping[str, Any]) -> Optional[dict]:
     cfg = ckpt.get("config")
-    return dict(cfg) if isinstance(cfg, Mapping) else None
+    if not isinstance(cfg, Mapping):
+        return None
+    cfg = dict(cfg)
+    fine = cfg.get("fine")
+    if isinstance(fine, Mapping) and "kind" not in fine:  # checkpoints from before fine.kind had the window stage
+        cfg["fine"] = {**fine, "kind": "window"}
+    return cfg

@@ -39,6 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "blocks.kan_basis": ("rbf", "bspline"),
     "coarse.rule": ("mutual", "union"),
     "fine.joint_encoder": ("mamba", "none"),
+    "fine.kind": ("two_stage", "window"),
     "initializer.aggregator": ("gated3x3",),
 }
 
@@ -182,6 +183,9 @@ def _check_model_values(cfg: DictConfig) -> None:
         raise ConfigError(f"blocks.num must be >= 0, got {cfg.blocks.num}")
     if cfg.fine.window < 2:
         raise ConfigError(f"fine.window must be >= 2, got {cfg.fine.window}")
+    if cfg.fine.margin < 0 or cfg.fine.subpixel_radius < 1:
+        raise ConfigError(f"fine.margin must be >= 0 and fine.subpixel_radius >= 1, got {cfg.fine.margin} and "
+                          f"{cfg.fine.subpixel_radius}")
     if cfg.blocks.local_span < 2:
         raise ConfigError(f"blocks.local_span must be >= 2, got {cfg.blocks.local_span}")
     if not 0.0 <= cfg.coarse.threshold < 1.0:

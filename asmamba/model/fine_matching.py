@@ -166,3 +166,181 @@ class FineMatching(nn.Module):
         data["expec_f"] = torch.cat([mean, std], dim=-1)
         data["mkpts0_f"] = data["mkpts0_c"]
         data["mkpts1_f"] = data["mkpts1_c"] + mean.detach() * radius_px
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Two-stage fine matching (EfficientLoFTR / JamMa style): a 1/2-level match inside each coarse match's window moves
+# both keypoints off the 8 px grid, then a full-resolution correlation refines image 1's keypoint to sub-pixel.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def gather_blocks(fine: torch.Tensor, b: torch.Tensor, cells: torch.Tensor, ratio: int, margin: int) -> torch.Tensor:
+    """The fine cells covering each listed coarse cell, plus ``margin`` fine cells on every side.
+
+    Coarse cell ``(r, c)`` covers fine cells ``ratio*r .. ratio*r + ratio-1`` (rows) and likewise columns; the block
+    is read row-major, with zeros outside the map.
+
+    Args:
+        fine: ``(B, C, ratio*h, ratio*w)``; b, cells: ``(M,)`` batch index and flat coarse index of each block.
+    Returns:
+        ``(M, s*s, C)`` with ``s = ratio + 2*margin``.
+    """
+    B, C, H, W = fine.shape
+    w_cells = W // ratio
+    size = ratio + 2 * margin
+    padded = F.pad(fine, (margin, margin, margin, margin)).permute(0, 2, 3, 1)  # (B, H+2m, W+2m, C)
+    rows = torch.div(cells, w_cells, rounding_mode="floor")
+    cols = cells % w_cells
+    offsets = torch.arange(size, device=fine.device)  # padded index ratio*r + k is fine row ratio*r + k - margin
+    ys = (ratio * rows)[:, None] + offsets  # (M, s)
+    xs = (ratio * cols)[:, None] + offsets
+    return padded[b[:, None, None], ys[:, :, None], xs[:, None, :]].reshape(-1, size * size, C)
+
+
+def sample_points(feature: torch.Tensor, b: torch.Tensor, pts: torch.Tensor, stride: int) -> torch.Tensor:
+    """Bilinear samples of a ``(B, C, H/stride, W/stride)`` map at pixel positions ``pts (M, K, 2)`` of item ``b``.
+
+    Pixel centres are at integer coordinates; the map's cell ``u`` has its centre at pixel ``stride*u +
+    (stride-1)/2``. Points outside the map read zeros. Returns ``(M, K, C)``.
+    """
+    B, C, h, w = feature.shape
+    M, K, _ = pts.shape
+    grid = (pts + 0.5) / stride  # map coordinates with cell u spanning [u, u+1)
+    grid = torch.stack([grid[..., 0] / w, grid[..., 1] / h], dim=-1) * 2 - 1  # (M, K, 2) in [-1, 1]
+    out = feature.new_zeros(M, K, C)
+    for k in torch.unique(b).tolist():  # B is small: one grid_sample per item
+        sel = b == k
+        sampled = F.grid_sample(feature[k : k + 1], grid[sel][None].to(feature.dtype), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)  # (1, C, n, K)
+        out[sel] = sampled[0].permute(1, 2, 0)
+    return out
+
+
+def standardise(image: torch.Tensor, valid_hw: torch.Tensor) -> torch.Tensor:
+    """Per-image zero mean / unit std over the valid (unpadded) pixels; padding reads 0. ``(B, 1, H, W)``."""
+    B, _, H, W = image.shape
+    rows = torch.arange(H, device=image.device)[None, :, None] < valid_hw[:, 0, None, None]
+    cols = torch.arange(W, device=image.device)[None, None, :] < valid_hw[:, 1, None, None]
+    valid = (rows & cols)[:, None].to(image.dtype)  # (B, 1, H, W)
+    n = valid.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)
+    mean = (image * valid).sum(dim=(1, 2, 3), keepdim=True) / n
+    var = (((image - mean) * valid) ** 2).sum(dim=(1, 2, 3), keepdim=True) / n
+    return (image - mean) / var.sqrt().clamp(min=1e-3) * valid
+
+
+class PixelStem(nn.Module):
+    """Full-resolution local features from the image: 3x3 conv, GELU, depthwise 3x3, 1x1 (receptive field 5x5)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, dim, 3, padding=1)
+        self.depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.pointwise = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # image: (B, 1, H, W) standardised -> (B, dim, H, W)
+        return self.pointwise(self.depthwise(F.gelu(self.conv(image))))
+
+
+class TwoStageFineMatching(nn.Module):
+    """Both keypoints leave the coarse grid: stage 1 matches image 0's ``ratio x ratio`` fine (1/2) cells of a coarse
+    match against image 1's ``(ratio + 2*margin)^2`` cells (dual-softmax, best pair); stage 2 correlates the chosen
+    image-0 point's full-resolution feature with a ``(2R+1)^2`` pixel window around the chosen image-1 cell and takes
+    the softmax expectation (sub-pixel)."""
+
+    default_conf = {"margin": 1, "temperature": 0.1, "subpixel_radius": 2, "subpixel_dim": 16}
+
+    def __init__(self, cfg: DictConfig, c_mid_enc: int) -> None:
+        super().__init__()
+        f = cfg.fine
+        self.dim, self.margin = f.dim, int(f.margin)
+        self.temperature, self.radius = float(f.temperature), int(f.subpixel_radius)
+        self.decoder = FineDecoder(cfg.dims.c_match, c_mid_enc, cfg.encoder.c_fine, f.decoder_mid, f.dim)
+        self.coarse_to_fine = nn.Linear(cfg.dims.c_match, f.dim)
+        self.joint = JointWindowEncoder(f.dim, f.d_state) if f.joint_encoder == "mamba" else None
+        self.pixel_stem = PixelStem(f.subpixel_dim)
+        self.half_to_pixel = nn.Linear(f.dim, f.subpixel_dim)
+        self.pixel_mix = nn.Sequential(nn.LayerNorm(f.subpixel_dim), nn.Linear(f.subpixel_dim, f.subpixel_dim))
+
+    def forward(self, data: dict) -> None:
+        """Refine every coarse match (both keypoints).
+
+        Reads ``image0/1``, ``valid_hw0/1``, ``feat_c0/1 (B, C_match, h, w)``, ``feat_mid0/1``, ``feat_fine0/1`` and
+        ``b_ids, i_ids, j_ids`` from coarse matching.
+        Writes ``fine_conf (M, r*r, s*s)`` (stage-1 dual-softmax), ``fine_sel0, fine_sel1 (M,)`` (chosen cells),
+        ``mkpts0_f (M, 2)`` (chosen image-0 fine cell centre), ``mkpts1_f_coarse (M, 2)`` (chosen image-1 fine cell
+        centre), ``expec_f (M, 2)`` (stage-2 offset in units of ``subpixel_radius``), ``subpixel_radius``,
+        ``mkpts1_f (M, 2)``; pixels of the padded image.
+        """
+        stride_c, stride_f = data["stride_c"], data["stride_f"]
+        ratio = stride_c // stride_f
+        b, i, j = data["b_ids"], data["i_ids"], data["j_ids"]
+        h, w = data["hw_c"]
+        M = b.numel()
+        size1 = ratio + 2 * self.margin
+        data["subpixel_radius"] = float(self.radius)
+        if M == 0:
+            zeros = data["mkpts0_c"].new_zeros((0, 2))
+            data.update(expec_f=zeros, mkpts0_f=data["mkpts0_c"], mkpts1_f=data["mkpts1_c"],
+                        mkpts1_f_coarse=data["mkpts1_c"], fine_sel0=b.new_zeros(0), fine_sel1=b.new_zeros(0),
+                        fine_conf=zeros.new_zeros((0, ratio * ratio, size1 * size1)))
+            return
+        fine0 = self.decoder(data["feat_c0"], data["feat_mid0"], data["feat_fine0"])  # (B, D, 4h, 4w)
+        fine1 = self.decoder(data["feat_c1"], data["feat_mid1"], data["feat_fine1"])
+
+        # stage 1: image 0's r*r cells of the match vs image 1's s*s cells
+        win0 = gather_blocks(fine0, b, i, ratio, 0)  # (M, r*r, D)
+        win1 = gather_blocks(fine1, b, j, ratio, self.margin)  # (M, s*s, D)
+        c0 = data["feat_c0"].flatten(2).transpose(1, 2)[b, i]  # (M, C_match)
+        c1 = data["feat_c1"].flatten(2).transpose(1, 2)[b, j]
+        win0 = win0 + self.coarse_to_fine(c0)[:, None]
+        win1 = win1 + self.coarse_to_fine(c1)[:, None]
+        if self.joint is not None:
+            joint = self.joint(torch.cat([win0, win1], dim=1))  # (M, r*r + s*s, D)
+            win0, win1 = joint[:, : ratio * ratio], joint[:, ratio * ratio :]
+        sim = torch.einsum("mac,mbc->mab", win0, win1) / (self.dim * self.temperature)  # (M, r*r, s*s)
+        conf = F.softmax(sim, dim=1) * F.softmax(sim, dim=2)
+        data["fine_conf"] = conf
+        best = conf.detach().flatten(1).argmax(dim=1)  # (M,)
+        sel0 = torch.div(best, size1 * size1, rounding_mode="floor")
+        sel1 = best % (size1 * size1)
+        data["fine_sel0"], data["fine_sel1"] = sel0, sel1
+        # fine cell u has its centre at pixel stride_f*u + (stride_f-1)/2
+        off = (stride_f - 1) / 2.0
+        r0, q0 = torch.div(i, w, rounding_mode="floor"), i % w
+        r1, q1 = torch.div(j, w, rounding_mode="floor"), j % w
+        pt0 = torch.stack([ratio * q0 + sel0 % ratio, ratio * r0 + torch.div(sel0, ratio, rounding_mode="floor")], -1)
+        pt1 = torch.stack([ratio * q1 - self.margin + sel1 % size1,
+                           ratio * r1 - self.margin + torch.div(sel1, size1, rounding_mode="floor")], -1)
+        pt0 = pt0.to(data["mkpts0_c"].dtype) * stride_f + off  # (M, 2) pixels
+        pt1 = pt1.to(data["mkpts1_c"].dtype) * stride_f + off
+
+        # stage 2: image 0's point vs a (2R+1)^2 pixel window around image 1's cell centre, full resolution
+        R = self.radius
+        steps = torch.arange(-R, R + 1, device=pt1.device, dtype=pt1.dtype)
+        gy, gx = torch.meshgrid(steps, steps, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, 2)  # (1, K, 2) pixel offsets
+        image0 = standardise(data["image0"], data["valid_hw0"])
+        image1 = standardise(data["image1"], data["valid_hw1"])
+        pix0 = self.pixel_stem(image0)  # (B, d, H, W)
+        pix1 = self.pixel_stem(image1)
+        pos1 = pt1[:, None] + grid  # (M, K, 2)
+        f0 = sample_points(pix0, b, pt0[:, None], 1) + self.half_to_pixel(sample_points(fine0, b, pt0[:, None],
+                                                                                          stride_f))  # (M, 1, d)
+        f1 = sample_points(pix1, b, pos1, 1) + self.half_to_pixel(sample_points(fine1, b, pos1, stride_f))
+        f0, f1 = self.pixel_mix(f0), self.pixel_mix(f1)  # (M, 1, d), (M, K, d)
+        heat = F.softmax(torch.einsum("mxc,mkc->mk", f0, f1) / f0.shape[-1] ** 0.5, dim=1)  # (M, K)
+        offset = (heat[..., None] * grid).sum(1)  # (M, 2) pixels in [-R, R]
+        data["expec_f"] = offset / R
+        data["mkpts0_f"] = pt0
+        data["mkpts1_f_coarse"] = pt1
+        data["mkpts1_f"] = pt1 + offset.detach()
+
+
+def build_fine_matching(cfg: DictConfig, c_mid_enc: int) -> nn.Module:
+    """The fine stage named by ``cfg.fine.kind``: ``window`` (image 1 refined in a window around the coarse match;
+    image 0 stays at its cell centre) or ``two_stage`` (both keypoints refined, sub-pixel at full resolution)."""
+    kinds = {"window": FineMatching, "two_stage": TwoStageFineMatching}
+    if cfg.fine.kind not in kinds:
+        raise ValueError(f"unknown fine.kind {cfg.fine.kind!r}; available: {', '.join(kinds)}")
+    return kinds[cfg.fine.kind](cfg, c_mid_enc)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from .block import ASMambaBlock
 from .coarse_matching import CoarseMatching
 from .encoder import ENCODER_MULTIPLE, build_encoder
-from .fine_matching import FineMatching
+from .fine_matching import build_fine_matching
 from .initializer import MambaInitializer
 from .position import build_position_encoding
 
@@ -32,7 +32,7 @@ class ASMambaNet(nn.Module):
         # auxiliary geometry head (L_geom): normalised match location in the other image (2) + covisibility logit
         self.geom_head = nn.Conv2d(cfg.dims.c_geom, 3, 1)
         self.coarse_matching = CoarseMatching(cfg)
-        self.fine_matching = FineMatching(cfg, self.encoder.mid_channels)
+        self.fine_matching = build_fine_matching(cfg, self.encoder.mid_channels)
 
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: even 1/8 grids for the joint scans, and the encoder's own need."""
@@ -63,7 +63,7 @@ class ASMambaNet(nn.Module):
                 data[f"mask_c{k}"] = data[f"mask{k}"][:, ::STRIDE_COARSE, ::STRIDE_COARSE].bool().flatten(1)
 
         # 1. encoder, both images in one batch (shared weights)
-        feats = self.encoder(torch.cat([image0, image1], dim=0))
+        feats = self.encoder(torch.cat([image0, image1]), torch.cat([data["valid_hw0"], data["valid_hw1"]]))
         coarse0, coarse1 = feats["coarse"].split(B)  # (B, C_enc, h, w)
         data["feat_mid0"], data["feat_mid1"] = feats["mid"].split(B)  # (B, C_mid, H/4, W/4)
         data["feat_fine0"], data["feat_fine1"] = feats["fine"].split(B)  # (B, C_fine, H/2, W/2)

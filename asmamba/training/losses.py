@@ -104,6 +104,53 @@ def fine_ground_truth(data: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return (warped - data["mkpts1_c"]) / data["fine_radius_px"]
 
 
+def two_stage_fine_loss(data: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses of :class:`asmamba.model.fine_matching.TwoStageFineMatching` on the GT coarse matches it ran on.
+
+    Stage 1: negative log of the dual-softmax confidence of the true image-1 fine cell for every image-0 fine cell of
+    the match whose warp lands inside image 1's block. Stage 2: L2 between the predicted sub-pixel offset and the true
+    one (where the chosen image-0 point lands, relative to the chosen image-1 cell centre, in units of the radius), on
+    matches whose true offset lies inside the window. Items with sparse depth (SfM) give no fine targets: their depth
+    is a low-resolution splat, too coarse for pixel-level ground truth. Returns ``(stage1, stage2)``.
+    """
+    from .supervision import warp_matched_points
+
+    conf = data["fine_conf"]  # (M, r*r, s*s)
+    zero = conf.sum() * 0.0
+    M, rr, ss = conf.shape
+    if M == 0:
+        return zero, zero
+    b, i, j = data["b_ids"], data["i_ids"], data["j_ids"]
+    r, s = int(round(rr**0.5)), int(round(ss**0.5))
+    margin = (s - r) // 2
+    stride_f = data["stride_f"]
+    w = data["hw_c"][1]
+    keep = torch.ones(M, dtype=torch.bool, device=conf.device)
+    if "spv_sparse" in data:
+        keep = ~data["spv_sparse"][b]
+    # stage 1: every image-0 fine cell of the match
+    cell0 = torch.stack([r * (i % w), r * torch.div(i, w, rounding_mode="floor")], -1)  # (M, 2) first fine cell
+    a = torch.arange(rr, device=conf.device)
+    sub = torch.stack([a % r, torch.div(a, r, rounding_mode="floor")], -1)  # (rr, 2)
+    off = (stride_f - 1) / 2.0
+    pts0 = (cell0[:, None] + sub[None]).to(data["mkpts0_f"].dtype) * stride_f + off  # (M, rr, 2)
+    valid, warped = warp_matched_points(data, b, pts0)
+    origin1 = torch.stack([r * (j % w), r * torch.div(j, w, rounding_mode="floor")], -1) - margin  # (M, 2)
+    target = ((warped - off) / stride_f).round().long() - origin1[:, None]  # (M, rr, 2) cell in image 1's block
+    inside = (target >= 0).all(-1) & (target < s).all(-1)
+    ok = valid & inside & keep[:, None]
+    t_index = (target[..., 1] * s + target[..., 0]).clamp(0, ss - 1)
+    picked = torch.gather(conf, 2, t_index[..., None])[..., 0]  # (M, rr)
+    stage1 = -picked[ok].clamp(min=1e-6).log().mean() if ok.any() else zero
+    # stage 2: the chosen image-0 point
+    v2, w2 = warp_matched_points(data, b, data["mkpts0_f"][:, None])
+    R = data["subpixel_radius"]
+    gt = (w2[:, 0] - data["mkpts1_f_coarse"]) / R  # (M, 2)
+    ok2 = v2[:, 0] & keep & (gt.abs().max(-1).values < 1.0)
+    stage2 = ((data["expec_f"][ok2] - gt[ok2]) ** 2).sum(-1).mean() if ok2.any() else zero
+    return stage1, stage2
+
+
 class ASMambaLoss(nn.Module):
     """The weighted sum of the four terms; ``forward`` returns the total and a dict of every term (detached)."""
 
@@ -126,7 +173,10 @@ class ASMambaLoss(nn.Module):
             pair_valid = pair_valid & data["spv_supervised"]
         terms["coarse"] = focal_loss_dual_softmax(data["conf_matrix"], data["conf_matrix_gt"], pair_valid,
                                                   **self.focal)
-        if data.get("fine_on_gt") and data["expec_f"].shape[0] > 0:
+        if data.get("fine_on_gt") and "fine_conf" in data:  # two-stage fine matching
+            stage1, stage2 = two_stage_fine_loss(data)
+            terms["fine"] = stage1 + stage2
+        elif data.get("fine_on_gt") and data["expec_f"].shape[0] > 0:
             gt = fine_ground_truth(data)
             # a match whose cell has no valid warp (possible under the union rule) has no fine target
             warped_ok = data["spv_valid0"][data["b_ids"], data["i_ids"]]

@@ -213,3 +213,34 @@ def compute_supervision_coarse(
         out["spv_supervised"] = supervised
     batch.update(out)
     return batch
+
+
+def warp_matched_points(
+    data: dict, b: torch.Tensor, pts: torch.Tensor, depth_consistency: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp image-0 points of given batch items into image 1 (depth + pose or homography, per item).
+
+    Args:
+        data: the batch (``gt_type``, ``depth0/1``, ``K0/1``, ``T_0to1`` or ``H_0to1``, optional masks).
+        b: ``(M,)`` batch index of each row; pts: ``(M, K, 2)`` image-0 pixels.
+    Returns:
+        valid ``(M, K)`` bool and warped ``(M, K, 2)`` image-1 pixels (0 where not computable).
+    """
+    B = data["image0"].shape[0]
+    M, K, _ = pts.shape
+    device = pts.device
+    gt_type = data.get("gt_type")
+    gt_type = torch.full((B,), GT_DEPTH, device=device) if gt_type is None else torch.as_tensor(gt_type, device=device)
+    counts = torch.bincount(b, minlength=B)
+    n = int(counts.max()) * K if M else 0
+    order = torch.argsort(b, stable=True)
+    # slot of each row inside its item: rows of item k are laid out one after another
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(b)
+    slot[order] = torch.arange(M, device=device) - starts[b[order]]
+    flat = pts.new_zeros(B, max(n, 1), 2)
+    index = (slot[:, None] * K + torch.arange(K, device=device)[None]).reshape(-1)  # (M*K,)
+    items = b[:, None].expand(M, K).reshape(-1)
+    flat[items, index] = pts.reshape(-1, 2)
+    valid, warped = _warp(data, flat, gt_type, True, tuple(data["image1"].shape[-2:]), depth_consistency)
+    return valid[items, index].reshape(M, K), warped[items, index].reshape(M, K, 2)
