@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -133,13 +133,37 @@ def covisible_pairs(views: list[SparseView], min_shared: int) -> list[tuple[np.n
     return pairs
 
 
-def colmap_sift_model(image_dir: PathLike, work_dir: PathLike) -> Path:
-    """COLMAP's SIFT reconstruction of one folder (one shared camera); returns the largest model's folder.
+#: COLMAP camera sharing modes by their lower-case names (``pycolmap.CameraMode``)
+CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
 
-    Reruns reuse ``work_dir/database.db`` and a finished model. Raises RuntimeError when COLMAP builds no model.
+
+def colmap_sift_model(
+    image_dir: PathLike,
+    work_dir: PathLike,
+    camera_mode: str = "single",
+    camera_model: str = "SIMPLE_RADIAL",
+    num_threads: int = -1,
+    exhaustive_max_images: Optional[int] = None,
+    sequential_overlap: int = 10,
+    seed: int = 0,
+) -> Path:
+    """COLMAP's SIFT reconstruction of one folder; returns the largest model's folder.
+
+    Args:
+        camera_mode: one of :data:`CAMERA_MODES` (``auto`` shares a camera between images of one size).
+        camera_model: COLMAP camera model of the new cameras (e.g. ``SIMPLE_RADIAL``, ``OPENCV``).
+        num_threads: threads of every COLMAP stage (-1: all cores).
+        exhaustive_max_images: match every pair up to this many images, else consecutive file names
+            (``sequential_overlap`` neighbours each); None: always exhaustive.
+        seed: seeds COLMAP's RANSAC and mapper.
+
+    Reruns reuse a finished model (``work_dir/models``, written by one rename). Raises RuntimeError when COLMAP
+    builds no model and ValueError for an unknown camera mode.
     """
     import pycolmap
 
+    if camera_mode not in CAMERA_MODES:
+        raise ValueError(f"unknown camera_mode {camera_mode!r}; choose one of {', '.join(CAMERA_MODES)}")
     image_dir, work = Path(image_dir), Path(work_dir)
     models = work / "models"
     if models.is_dir() and any(models.iterdir()):
@@ -147,12 +171,33 @@ def colmap_sift_model(image_dir: PathLike, work_dir: PathLike) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     database = work / "database.db"
     database.unlink(missing_ok=True)
-    pycolmap.extract_features(database, image_dir, camera_mode=pycolmap.CameraMode.SINGLE)
-    pycolmap.match_exhaustive(database)
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = num_threads
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    pycolmap.extract_features(database, image_dir, camera_mode=getattr(pycolmap.CameraMode, camera_mode.upper()),
+                              reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = num_threads
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = seed
+    n_images = len([p for p in image_dir.iterdir() if p.is_file()])
+    if exhaustive_max_images is None or n_images <= exhaustive_max_images:
+        pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
+                                  device=pycolmap.Device.cpu)
+    else:
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = sequential_overlap
+        pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
+                                  verification_options=verification, device=pycolmap.Device.cpu)
+    mapper = pycolmap.IncrementalPipelineOptions()
+    mapper.num_threads = num_threads
+    mapper.random_seed = seed
+    mapper.extract_colors = False
     tmp = work / "models.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    reconstructions = pycolmap.incremental_mapping(database, image_dir, tmp)
+    reconstructions = pycolmap.incremental_mapping(database, image_dir, tmp, options=mapper)
     if not reconstructions:
         raise RuntimeError(f"COLMAP built no model from the images in {str(image_dir)!r}")
     os.replace(tmp, models)
@@ -171,15 +216,22 @@ def _largest_model(models: Path) -> Path:
 def write_sparse_scene(
     sfm_dir: PathLike, image_dir: PathLike, out_dir: PathLike, scene: str, depth_stride: int = 8, splat: int = 1,
     min_shared: int = 100,
+    select_pairs: Optional[Callable[[list[SparseView]], list]] = None,
+    extra_info: Optional[dict] = None,
+    num_threads: int = -1,
 ) -> Path:
     """Undistort a COLMAP model and write it as a sparse-depth MegaDepth scene (module docstring).
 
     Args:
         sfm_dir: COLMAP model folder (cameras/images/points3D); image_dir: the images it was built from.
         out_dir: dataset root; scene: scene name; depth_stride, splat: see :func:`sparse_depth_map`.
-        min_shared: pairs sharing fewer 3D points are not listed.
+        min_shared: pairs sharing fewer 3D points are not listed (default pair list: :func:`covisible_pairs`).
+        select_pairs: instead, a function of the registered views returning ``pair_infos`` entries
+            ``((i, j), overlap, shared)`` (e.g. :func:`asmamba.training.data.corpus.select_pairs`).
+        extra_info: more keys for the scene_info dict (the loader ignores unknown keys).
+        num_threads: threads of COLMAP's undistortion (-1: all cores).
     Returns:
-        the scene_info path.
+        the scene_info path (written last, by one rename: a scene is complete once it exists).
     """
     import pycolmap
 
@@ -190,7 +242,7 @@ def write_sparse_scene(
         raise FileNotFoundError(f"image folder {str(image_dir)!r} does not exist")
     scene_dir = root / scene
     with tempfile.TemporaryDirectory(dir=root if root.exists() else None) as tmp:
-        pycolmap.undistort_images(tmp, str(sfm_dir), str(image_dir))
+        pycolmap.undistort_images(tmp, str(sfm_dir), str(image_dir), num_threads=num_threads)
         reconstruction = pycolmap.Reconstruction(str(Path(tmp) / "sparse"))
         views = read_views(reconstruction)
         if len(views) < 2:
@@ -199,7 +251,7 @@ def write_sparse_scene(
         for v in views:
             target = scene_dir / "images" / v.name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(tmp) / "images" / v.name, target)
+            write_atomic(target, lambda p, src=Path(tmp) / "images" / v.name: shutil.copyfile(src, p))
     image_paths, depth_paths = [], []
     for v in views:
         depth = sparse_depth_map(v.xy, v.depth, (v.width, v.height), depth_stride, splat)
@@ -213,7 +265,8 @@ def write_sparse_scene(
         "depth_paths": np.array(depth_paths, dtype=object),
         "intrinsics": np.array([v.K for v in views] + [None], dtype=object)[:-1],
         "poses": np.array([v.T_world_to_cam for v in views] + [None], dtype=object)[:-1],
-        "pair_infos": covisible_pairs(views, min_shared),
+        "pair_infos": select_pairs(views) if select_pairs is not None else covisible_pairs(views, min_shared),
+        **(extra_info or {}),
     }
     index = root / INDEX_DIR / f"{scene}.npz"
     index.parent.mkdir(parents=True, exist_ok=True)
