@@ -281,3 +281,57 @@ def test_real_scene_sfm_agrees_with_the_bundler_cameras(tmp_path):
                 cos = (np.trace(R_gt.T @ R_est) - 1) / 2
                 errors.append(np.degrees(np.arccos(np.clip(cos, -1, 1))))
     assert np.median(errors) < 1.0 and max(errors) < 2.0, errors
+
+
+# ---------------------------------------------------------------------------------------------- the data configs
+def test_corpus_configs_read_a_built_corpus_split_by_scene(tmp_path, monkeypatch):
+    """Build a two-scene corpus (one validation scene) with every part, then read it through the shipped data
+    configs: every item names its source, and nothing of the validation scene reaches the training mix."""
+    pytest.importorskip("pycolmap")
+    import shutil
+
+    from asmamba.training.data import build_dataset
+
+    model, images = _write_two_plane_model(tmp_path / "src")
+    data = tmp_path / "data"
+    for scene in ("alpha", "beta"):
+        shutil.copytree(images, tmp_path / "train" / scene / "images")
+        shutil.copytree(model, data / "colmap" / scene / "models" / "0")
+    cfg = load_build_config(overrides=[
+        "pairs.min_shared=10", "synthetic.scenes=1", "synthetic.val_scenes=1", "synthetic.views=3",
+        "synthetic.size=[96,64]", "synthetic.planes=3",
+    ])
+    cfg.update(validation=["beta"], exclude=[], extra_scenes={}, extra_licences={})
+    stats = corpus.build(data / "corpus", tmp_path / "train", cfg, progress=False)
+    assert [(r.scene, r.split, r.error) for r in stats] == [("alpha", "train", ""), ("beta", "val", "")]
+    assert (data / "corpus" / "splits" / "train.txt").read_text() == "alpha\n"
+    assert (data / "corpus" / "splits" / "val.txt").read_text() == "beta\n"
+    assert sorted(p.name for p in (data / "homography" / "train").iterdir()) == ["alpha"]
+    assert sorted(p.name for p in (data / "homography" / "val").iterdir()) == ["beta"]
+
+    monkeypatch.setenv("ASMAMBA_TRAIN_DATA", str(data))
+    train, val = build_dataset("corpus"), build_dataset("corpus_val")
+    for dataset, scene, other in ((train, "alpha", "beta"), (val, "beta", "alpha")):
+        sources: dict[str, int] = {}
+        for part in dataset.datasets:
+            for k in range(len(part)):
+                item = part[k]
+                sources[item["source"]] = sources.get(item["source"], 0) + 1
+                if item["source"] == "sfm":
+                    assert f"{scene}/images" in item["pair_name"] and other not in item["pair_name"]
+                if item["source"] == "planar" and "skimage" not in item["pair_name"]:
+                    assert item["pair_name"].startswith(f"{scene}/")
+                if k >= 3:
+                    break  # a few items of each part suffice
+        assert set(sources) == {"planar", "synthetic", "sfm"}, sources
+
+
+def test_source_tag_errors(tmp_path):
+    from asmamba.training.data import build_dataset
+
+    conf = {"type": "homography", "sources": ["skimage:camera"], "output_size": [64, 48], "pairs_per_image": 2}
+    ds = build_dataset(dict(conf, source="planar", repeat=2))
+    assert len(ds) == 4 and ds[3]["source"] == "planar"
+    assert "source" not in build_dataset(conf)[0]
+    with pytest.raises(ValueError, match="source must be a non-empty name"):
+        build_dataset(dict(conf, source=""))

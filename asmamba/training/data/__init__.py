@@ -27,11 +27,28 @@ __all__ = [
     "HomographyPairs",
     "MegaDepthScene",
     "ScanNetPairs",
+    "SourceTagged",
     "generate_scene",
     "load_megadepth",
     "make_pair_item",
     "read_scene_info",
 ]
+
+
+class SourceTagged(Dataset):
+    """A dataset whose items carry ``item["source"] = source`` (a string; batches collate it to a list)."""
+
+    def __init__(self, dataset: Dataset, source: str):
+        self.dataset, self.source = dataset, source
+        self.name = getattr(dataset, "name", source)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, idx: int) -> dict:
+        item = dict(self.dataset[idx])
+        item["source"] = self.source
+        return item
 
 
 def _required(conf: dict, keys: tuple[str, ...], kind: str) -> list[Any]:
@@ -46,8 +63,9 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     ``homography_cpu``), a YAML path, a dict or a ``DictConfig``, with keyword overrides.
 
     ``type`` selects the class (``megadepth``, ``scannet``, ``homography``, or ``concat`` with a ``datasets``
-    list of such configs); ``repeat: n`` lists a dataset's items n times (to weight the parts of a concat); the
-    other keys are its arguments. Values left ``???`` must come as overrides.
+    list of such configs); ``repeat: n`` lists a dataset's items n times (to weight the parts of a concat);
+    ``source: name`` tags every item of the dataset with ``item["source"] = name`` (a per-source label for logs and
+    validation); the other keys are its arguments. Values left ``???`` must come as overrides.
 
     Raises:
         ValueError: unknown type or a required value missing. TypeError: an option the dataset does not take.
@@ -57,6 +75,11 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     cfg = as_dictconfig(config, "data")
     conf = OmegaConf.to_container(OmegaConf.merge(cfg, OmegaConf.create(overrides)), resolve=True)
     kind = conf.pop("type", None)
+    source = conf.pop("source", None)
+    if source is not None:
+        if not isinstance(source, str) or not source:
+            raise ValueError(f"source must be a non-empty name (a label of the dataset's items), got {source!r}")
+        return SourceTagged(build_dataset(dict(conf, type=kind)), source)
     repeat = conf.pop("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         raise ValueError(f"repeat must be a positive integer (how often the dataset's items are listed), got {repeat!r}")
