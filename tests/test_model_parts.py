@@ -37,7 +37,8 @@ def _naive_mutual_matches(conf, thr):
 
 
 def _coarse_paths(monkeypatch, path):
-    """'dense' builds conf_matrix; 'streamed' is the inference path, forced here to blocks of 5 rows."""
+    """'dense' builds conf_matrix with gradients' code path; 'one_pass' is inference within the memory budget (the
+    matrix built in place); 'streamed' is inference above it (budget 0 via PATH_OVERRIDES), in blocks of 5 rows."""
     if path == "streamed":
         monkeypatch.setattr(coarse_matching, "STREAM_BLOCK_ELEMENTS", 5 * 24 * 2)
         monkeypatch.setattr(coarse_matching, "STREAM_MIN_ROWS", 1)
@@ -52,13 +53,14 @@ def _reference_conf(cm, f0, f1, C, temperature, valid0=None, valid1=None):
         return sim.softmax(1) * sim.softmax(2)
 
 
-COARSE_PATHS = pytest.mark.parametrize("path", ["dense", "streamed"])
+COARSE_PATHS = pytest.mark.parametrize("path", ["dense", "one_pass", "streamed"])
+PATH_OVERRIDES = {"dense": [], "one_pass": [], "streamed": ["coarse.dense_budget_mb=0"]}
 
 
 def _run_coarse_case(monkeypatch, path, seed, overrides, B, h, w):
     """Random features on a full (unpadded) h x w grid through CoarseMatching; returns (cfg, cm, data, ref conf)."""
     torch.manual_seed(seed)
-    cfg = load_config("tiny", overrides)
+    cfg = load_config("tiny", list(overrides) + PATH_OVERRIDES[path])
     cm = CoarseMatching(cfg).eval()
     C = cfg.dims.c_match
     f0, f1 = torch.randn(B, h * w, C), torch.randn(B, h * w, C)
@@ -77,7 +79,7 @@ def test_coarse_matching_matches_naive_dual_softmax_mnn(monkeypatch, path):
     if path == "dense":
         assert torch.allclose(data["conf_matrix"], ref, atol=1e-6)
     else:
-        assert "conf_matrix" not in data  # inference never builds the L0 x L1 matrix
+        assert "conf_matrix" not in data  # inference does not keep the L0 x L1 matrix
     got = set(zip(data["b_ids"].tolist(), data["i_ids"].tolist(), data["j_ids"].tolist()))
     assert got == _naive_mutual_matches(ref, cfg.coarse.threshold)
     assert got  # random features at this threshold do give matches
@@ -87,7 +89,7 @@ def test_coarse_matching_matches_naive_dual_softmax_mnn(monkeypatch, path):
 @COARSE_PATHS
 def test_coarse_matching_respects_padding(monkeypatch, path):
     torch.manual_seed(1)
-    cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.0"])
+    cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.0"] + PATH_OVERRIDES[path])
     cm = CoarseMatching(cfg).eval()
     h, w, C = 4, 4, cfg.dims.c_match
     f = torch.randn(1, h * w, C)
@@ -174,3 +176,26 @@ def test_joint_window_encoder_pair_tokens_equal_the_full_bidirectional_pass():
     centre, second = enc.encode_pair(win0, win1, 4)
     torch.testing.assert_close(centre, full[:, 4], atol=1e-12, rtol=0)
     torch.testing.assert_close(second, full[:, 9:], atol=1e-12, rtol=0)
+
+
+@COARSE_PATHS
+def test_covisibility_filter_drops_exactly_the_vetoed_cells(monkeypatch, path):
+    torch.manual_seed(3)
+    B, h, w = 1, 4, 5
+    cfg = load_config("tiny", ["coarse.border_rm=0", "coarse.threshold=0.0", "coarse.covisibility_threshold=0.5"]
+                      + PATH_OVERRIDES[path])
+    cm = CoarseMatching(cfg).eval()
+    C = cfg.dims.c_match
+    f0, f1 = torch.randn(B, h * w, C), torch.randn(B, h * w, C)
+    full = torch.tensor([[h, w]])
+    covis0 = torch.rand(B, h * w)
+    covis1 = torch.rand(B, h * w)
+    data = {"hw_c": (h, w), "stride_c": 8, "valid_hw0_c": full, "valid_hw1_c": full, "covisibility0": covis0,
+            "covisibility1": covis1, **_coarse_paths(monkeypatch, path)}
+    with torch.no_grad():
+        cm(f0, f1, data)
+    ref = _reference_conf(cm, f0, f1, C, cfg.coarse.temperature)  # the filter vetoes matches, not the softmax
+    expected = {(b, i, j) for b, i, j in _naive_mutual_matches(ref, 0.0) if covis0[b, i] > 0.5 and covis1[b, j] > 0.5}
+    got = set(zip(data["b_ids"].tolist(), data["i_ids"].tolist(), data["j_ids"].tolist()))
+    assert got == expected
+    assert len(expected) < len(_naive_mutual_matches(ref, 0.0))  # the veto did remove something

@@ -55,6 +55,8 @@ class CoarseMatching(nn.Module):
         self.temperature, self.threshold, self.border = c.temperature, c.threshold, c.border_rm
         self.rule = c.rule
         self.train_fine_samples = c.train_fine_samples
+        self.dense_budget = int(c.dense_budget_mb) * 2**20  # bytes of the L0 x L1 matrix built in one pass
+        self.covisibility_threshold = float(c.covisibility_threshold)
         self.proj = nn.Linear(cfg.dims.c_match, cfg.dims.c_match)
 
     def confidence(self, f0: torch.Tensor, f1: torch.Tensor, valid0: torch.Tensor, valid1: torch.Tensor) -> torch.Tensor:
@@ -212,10 +214,18 @@ class CoarseMatching(nn.Module):
             valid1 = valid1 & data["mask_c1"]
         keep0 = border_mask(data["valid_hw0_c"], h, w, self.border) & valid0
         keep1 = border_mask(data["valid_hw1_c"], h, w, self.border) & valid1
+        if self.covisibility_threshold > 0 and "covisibility0" in data:
+            # the geometry stream's covisibility head (trained by L_geom) vetoes cells it sees no partner for
+            keep0 = keep0 & (data["covisibility0"] > self.covisibility_threshold)
+            keep1 = keep1 & (data["covisibility1"] > self.covisibility_threshold)
+        B, L0, L1 = f0.shape[0], f0.shape[1], f1.shape[1]
+        one_pass = B * L0 * L1 * f0.element_size() <= self.dense_budget
         if self.training or torch.is_grad_enabled() or data.get("keep_conf_matrix", False):
             conf = self.confidence(f0, f1, valid0, valid1)
             data["conf_matrix"] = conf
             b_ids, i_ids, j_ids, mconf = self.select(conf, keep0, keep1)
+        elif one_pass:  # the matrix fits the budget: one similarity product, built in place
+            b_ids, i_ids, j_ids, mconf = self.select(self.confidence(f0, f1, valid0, valid1), keep0, keep1)
         else:
             b_ids, i_ids, j_ids, mconf = self.select_streamed(f0, f1, valid0, valid1, keep0, keep1)
         data.update(pred_b_ids=b_ids, pred_i_ids=i_ids, pred_j_ids=j_ids, pred_mconf=mconf)

@@ -83,6 +83,8 @@ class ASMambaNet(nn.Module):
         data["geom0"] = self.geom_head(g0).permute(0, 2, 3, 1)  # (B, h, w, 3)
         data["geom1"] = self.geom_head(g1).permute(0, 2, 3, 1)
         data["feat_c0"], data["feat_c1"] = m0, m1
+        data["covisibility0"] = torch.sigmoid(data["geom0"][..., 2]).flatten(1)  # (B, L)
+        data["covisibility1"] = torch.sigmoid(data["geom1"][..., 2]).flatten(1)
 
         # 5. coarse matching on (B, L, C_match) tokens, then fine refinement at 1/2
         self.coarse_matching(m0.flatten(2).transpose(1, 2), m1.flatten(2).transpose(1, 2), data)
