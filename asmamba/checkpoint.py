@@ -9,12 +9,17 @@ A checkpoint is a dict saved by :func:`torch.save` and read with ``torch.load(..
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:  # torch loads when a checkpoint is read or written, not when this module is imported
+    import torch
+    import torch.nn as nn
 
 FORMAT = "asmamba-checkpoint"
 
@@ -67,16 +72,47 @@ def resolve_weights(pretrained: Union[str, os.PathLike]) -> Path:
 
 
 def read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
-    """Read and check a checkpoint file (``weights_only=True``)."""
+    """Read and check a checkpoint file (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, empty, corrupt or truncated, holds Python objects that a weights-only
+            load refuses, or is not an AS-Mamba checkpoint; the one-line message names the file.
+    """
+    import torch
+
+    name = repr(str(path))
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {name} does not exist")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {name} is not a file")
+    size = p.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {name} is empty (0 bytes)")
+    is_zip = zipfile.is_zipfile(p)  # torch.save writes a zip archive; a truncated one has no central directory
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
-    except Exception as err:  # corrupt file, pickle with disallowed objects, truncated zip ...
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {err}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols are not the user's concern
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's own text suggests weights_only=False: wrong advice for a damaged file
+        if not is_zip:
+            raise CheckpointError(
+                f"checkpoint {name} is corrupt or truncated ({size} bytes that are not a torch.save archive); "
+                "download or export it again"
+            ) from None
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if isinstance(err, pickle.UnpicklingError) and refused:
+            raise CheckpointError(
+                f"checkpoint {name} holds a Python object ({refused.group(1)}) that a safe (weights_only) load "
+                "refuses: it was not written by asmamba, whose checkpoints hold tensors, numbers and strings only"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {name} is corrupt ({type(err).__name__} while reading its archive); download or export "
+            "it again"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state_dict" not in ckpt:
         raise CheckpointError(
-            f"{str(path)!r} is not an AS-Mamba checkpoint (expected a dict with format={FORMAT!r} and a state_dict)"
+            f"{name} is not an AS-Mamba checkpoint (expected a dict with format={FORMAT!r} and a state_dict)"
         )
     return ckpt
 
@@ -116,6 +152,8 @@ def save_checkpoint(path: Union[str, os.PathLike], payload: dict[str, Any]) -> N
     truncated file under ``path``."""
     from . import __version__
 
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": __version__, **payload}
@@ -137,4 +175,7 @@ def checkpoint_config(ckpt: Mapping[str, Any]) -> Optional[dict]:
     fine = cfg.get("fine")
     if isinstance(fine, Mapping) and "kind" not in fine:  # checkpoints from before fine.kind had the window stage
         cfg["fine"] = {**fine, "kind": "window"}
+    blocks = cfg.get("blocks")
+    if isinstance(blocks, Mapping) and "flow_prior" not in blocks:  # ... and absolute flow, mean-sigma spans
+        cfg["blocks"] = {**blocks, "flow_prior": "none", "local_group_spread": False}
     return cfg

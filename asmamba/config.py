@@ -40,6 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "coarse.rule": ("mutual", "union"),
     "fine.joint_encoder": ("mamba", "none"),
     "fine.kind": ("two_stage", "window"),
+    "blocks.flow_prior": ("correlation", "none"),
     "initializer.aggregator": ("gated3x3",),
 }
 
@@ -107,16 +108,31 @@ def merge_with_schema(schema: DictConfig, *layers: DictConfig, overrides: Option
             layer = OmegaConf.create(OmegaConf.to_container(layer, resolve=True))
             layer.pop("_base_", None)
             merged = OmegaConf.merge(merged, layer)
-        if overrides:
-            for item in overrides:
-                if "=" not in item:
-                    raise ConfigError(f"override {item!r} is not of the form key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except (ConfigKeyError, ValidationError) as err:
-        key = getattr(err, "full_key", None) or getattr(err, "key", None)
-        raise ConfigError(f"bad config key {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+        raise ConfigError(_key_problem(merged, err)) from None
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    for item in overrides or ():  # one at a time, so that the message names the override at fault
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except (ConfigKeyError, ValidationError) as err:
+            raise ConfigError(f"override {item!r}: {_key_problem(merged, err)}") from None
     _check_types(OmegaConf.to_container(schema, resolve=True), OmegaConf.to_container(merged, resolve=True), "")
     return merged  # type: ignore[return-value]
+
+
+def _key_problem(cfg: DictConfig, err: Exception) -> str:
+    """One line naming the key an OmegaConf merge refused, and the keys that exist beside it."""
+    key = str(getattr(err, "full_key", None) or getattr(err, "key", None) or "?")
+    if not isinstance(err, ConfigKeyError):
+        first = str(getattr(err, "msg", err)).splitlines()[0]
+        return f"bad value for config key {key!r}: {first}"
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    known = f"; known keys{' under ' + repr(parent) if parent else ''}: {', '.join(map(str, node.keys()))}" \
+        if isinstance(node, DictConfig) else ""
+    return f"unknown config key {key!r}{known}"
 
 
 def _check_types(schema: Any, value: Any, path: str) -> None:

@@ -34,9 +34,8 @@ class ASMambaBlock(nn.Module):
             ``(F_match^i_0, F_match^i_1, F_geom^i_0, F_geom^i_1)`` and the flows ``(Phi_01, Phi_10)``, each
             ``(B, h, w, 4)`` in the other image's coarse cells.
         """
-        hw = m0.shape[-2:]
-        flow01 = self.flow(m0, g0, hw)  # (B, h, w, 4)
-        flow10 = self.flow(m1, g1, hw)
+        flow01 = self.flow(m0, g0, m1)  # (B, h, w, 4)
+        flow10 = self.flow(m1, g1, m0)
         gm0, gm1, gg0, gg1 = self.global_path(m0, m1)
         lm0, lm1, lg0, lg1 = self.local_path(m0, m1, flow01, flow10)
         skip_g0, skip_g1 = (g0, g1) if self.geom_feedback else (None, None)

@@ -53,6 +53,7 @@ class LocalPath(nn.Module):
         c_match, c_geom, d = cfg.dims.c_match, cfg.dims.c_geom, b.local_dim
         self.k, self.group = b.local_span, b.local_group
         self.radius_sigmas, self.min_spacing = b.local_radius_sigmas, b.local_min_spacing
+        self.group_spread = bool(b.local_group_spread)
         self.proj = nn.Linear(c_match, d)
         self.norm = nn.LayerNorm(d)
         self.mamba = MultiHeadMamba(d, (c_match, c_geom), heads=m.heads, d_state=b.local_d_state, d_conv=m.d_conv,
@@ -76,7 +77,12 @@ class LocalPath(nn.Module):
         # group centre and spread: the mean over the group's real (non-padding) cells
         count = F.avg_pool2d(valid, g).clamp(min=1e-6)  # (B, 1, Gh, Gw)
         centre = (F.avg_pool2d(xy, g) / count).flatten(2).transpose(1, 2)  # (B, G, 2)
-        spread = (F.avg_pool2d(sigma, g) / count).flatten(2).transpose(1, 2)  # (B, G, 2)
+        if self.group_spread:  # the group as a mixture: mean of the variances + variance of the means
+            second = F.avg_pool2d(sigma**2 + xy**2, g) / count  # E[sigma^2 + mu^2] over the group's real cells
+            mean = F.avg_pool2d(xy, g) / count
+            spread = (second - mean**2).clamp(min=1e-6).sqrt().flatten(2).transpose(1, 2)  # (B, G, 2)
+        else:
+            spread = (F.avg_pool2d(sigma, g) / count).flatten(2).transpose(1, 2)  # (B, G, 2)
         G = centre.shape[1]
         points = centre.unsqueeze(2) + span_offsets(spread, k, self.radius_sigmas, self.min_spacing)  # (B, G, k*k, 2)
         span = sample_cells(fs, points.reshape(B, G * k * k, 2)).reshape(B * G, k * k, d)
