@@ -15,7 +15,7 @@ import warnings
 import zipfile
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 if TYPE_CHECKING:  # torch loads when a checkpoint is read or written, not when this module is imported
     import torch
@@ -137,13 +137,23 @@ def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> 
     return problems
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
+               fresh: Sequence[str] = ()) -> None:
     """Load a state dict strictly, casting to the model's dtypes; raise :class:`CheckpointError` naming the keys
-    that differ when it comes from another architecture or config."""
+    that differ when it comes from another architecture or config.
+
+    Args:
+        fresh: key prefixes (e.g. ``"blocks.0.flow."``) the model keeps as initialised: the checkpoint's tensors under
+            them are ignored and the model's may be missing from it. Everything else must fit exactly.
+    """
+    fresh = tuple(fresh)
+    own = model.state_dict()
+    if fresh:
+        state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+        state = {**{k: v for k, v in own.items() if k.startswith(fresh)}, **state}
     problems = state_dict_mismatch(model, state)
     if problems:
         raise CheckpointError(f"{source} does not fit this model's architecture/config: " + "; ".join(problems))
-    own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 

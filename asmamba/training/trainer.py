@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import random
@@ -28,8 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import half_state_dict, load_state, read_checkpoint, save_checkpoint
 from ..config import as_dictconfig, check_choices, configs_dir, load_config, merge_with_schema
+from ..matcher import mask_extent
 from ..model.network import ASMambaNet
 from .losses import ASMambaLoss
+from .data.synthetic import write_atomic
 from .supervision import compute_supervision_coarse
 
 TRAIN_SCHEMA = "default"
@@ -127,13 +130,7 @@ def add_valid_sizes(batch: dict) -> dict:
     quadrilateral itself reaches the model as the mask).
     """
     for k in ("0", "1"):
-        mask = batch[f"mask{k}"].bool()
-
-        def extent(any_valid: torch.Tensor) -> torch.Tensor:  # (B, n) bool -> (B,) last True index + 1 (0 if none)
-            index = torch.arange(1, any_valid.shape[1] + 1, device=any_valid.device)
-            return (any_valid * index).amax(dim=1)
-
-        batch[f"valid_hw{k}"] = torch.stack([extent(mask.any(dim=2)), extent(mask.any(dim=1))], dim=1).long()
+        batch[f"valid_hw{k}"] = mask_extent(batch[f"mask{k}"].bool())
     return batch
 
 
@@ -194,7 +191,8 @@ class Trainer:
         self.model = ASMambaNet(self.model_cfg).to(self.dist.device)
         if cfg.model.init:
             ckpt = read_checkpoint(cfg.model.init)
-            load_state(self.model, ckpt["state_dict"], source=f"model.init {cfg.model.init!r}")
+            load_state(self.model, ckpt["state_dict"], source=f"model.init {cfg.model.init!r}",
+                       fresh=list(cfg.model.init_fresh))
             if cfg.model.reset_frozen_backbone:  # the checkpoint's frozen part may have drifted (issue 12)
                 self.model.encoder.reset_frozen()
         # encoder.freeze: the encoder itself stops gradients to its frozen modules (encoder.frozen_modules(): XFeat's
@@ -221,6 +219,13 @@ class Trainer:
         self.dataset = build_dataset(train_data if isinstance(train_data, str) else OmegaConf.to_container(train_data))
         if len(self.dataset) == 0:
             raise ValueError("the training dataset is empty")
+        self.val_dataset = None
+        if cfg.val.data:
+            val_data = cfg.val.data
+            self.val_dataset = build_dataset(val_data if isinstance(val_data, str) else
+                                             OmegaConf.to_container(val_data))
+        self._val_matcher = None
+        self.best_score = -math.inf
         self.step = 0
         self.skipped = 0
         if resume:
@@ -242,6 +247,7 @@ class Trainer:
             "rng": rng_state(),
             "step": self.step,
             "skipped": self.skipped,
+            "best_score": self.best_score,
         }
 
     def save(self) -> None:
@@ -259,8 +265,10 @@ class Trainer:
         if self.dist.world == 1:
             set_rng_state(ckpt["rng"])
         self.step, self.skipped = int(ckpt["step"]), int(ckpt["skipped"])
+        self.best_score = float(ckpt.get("best_score", -math.inf))
         if self.dist.main:
             self._truncate_log(self.step)
+            self._truncate_val_log(self.step)
 
     def _truncate_log(self, step: int) -> None:
         """Drop log rows of steps at or after ``step``: a run stopped after its last checkpoint logged steps that the
@@ -279,6 +287,52 @@ class Trainer:
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
         os.replace(tmp, path)
+
+    # ---- validation
+    @property
+    def best_ckpt(self) -> Path:
+        return self.out / "checkpoints" / "best.pt"
+
+    def validate(self) -> Optional[dict[str, float]]:
+        """Score the current weights on the validation set (``val.data``) through the users' inference path; append
+        the row to ``val.jsonl`` and keep the best-scoring weights as ``best.pt`` (fp16 export). The global RNG state
+        is restored afterwards, so a validation never changes the training that follows it."""
+        if self.val_dataset is None or not self.dist.main:
+            return None
+        from ..matcher import ASMamba
+        from .validation import validate
+
+        if self._val_matcher is None:
+            self._val_matcher = ASMamba(config=self.model_cfg, pretrained=None)
+            self._val_matcher.net = self.model  # share the weights being trained
+        state = rng_state()
+        try:
+            self._val_matcher.eval()
+            row = validate(self._val_matcher, self.val_dataset, self.cfg.val.max_pairs,
+                           progress=bool(self.cfg.run.progress))
+        finally:
+            set_rng_state(state)
+            self.model.train()
+        row = {"step": float(self.step), **row}
+        path = self.out / "val.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if math.isfinite(row["score"]) and row["score"] > self.best_score:
+            self.best_score = row["score"]
+            self.export(str(self.best_ckpt))
+        return row
+
+    def _truncate_val_log(self, step: int) -> None:
+        """Drop validation rows of steps after ``step`` (the resumed run validates them again); atomic."""
+        path = self.out / "val.jsonl"
+        if not path.is_file():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["step"] <= step]
+        if len(kept) != len(rows):
+            text = "".join(line + "\n" for line in kept)
+            write_atomic(path, lambda tmp: tmp.write_text(text))
 
     # ---- one step
     def _batch(self, step: int) -> dict:
@@ -364,6 +418,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{logged['total']:.3f}", coarse=f"{logged['coarse']:.3f}")
                 if self.dist.main and (step % self.cfg.run.log_every == 0 or self.step == end):
                     self._append_log(logged)
+            if self.val_dataset is not None and (self.step % self.cfg.val.every == 0 or self.step == end):
+                self.validate()  # before the save, so the checkpoint knows the best score so far
             if self.step % self.cfg.run.ckpt_every == 0 or self.step == end:  # skipped steps too
                 self.save()
         if self.dist.main and rows:
