@@ -35,7 +35,9 @@ def _erode(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def test_gt_homography_maps_content_exactly():
-    ds = HomographyPairs(_smooth_pattern(), seed=7, pairs_per_image=4, photometric=False, output_size=(320, 240))
+    # the core (narrow) distribution; large zooms and rotations: the test further down
+    ds = HomographyPairs(_smooth_pattern(), seed=7, pairs_per_image=4, photometric=False, output_size=(320, 240),
+                         scale_wide_prob=0.0, rotation_wide_prob=0.0)
     for idx in range(len(ds)):
         item = ds[idx]
         assert item["gt_type"] == GT_HOMOGRAPHY
@@ -115,3 +117,121 @@ def test_dataset_pickles_for_dataloader_workers(tmp_path):
     first = ds[1]
     clone = pickle.loads(pickle.dumps(ds))
     assert len(clone) == 3 and torch.equal(clone[1]["image1"], first["image1"])
+
+
+# --- the wide distribution: zoom up to 4x both ways, rotations to +-60 degrees, crops that keep overlap ---------
+
+
+def _similarity_parts(H: np.ndarray) -> tuple[float, float]:
+    """Zoom and rotation (degrees) of a similarity homography, read off its linear part analytically."""
+    A = H[:2, :2] / H[2, 2]
+    assert abs(A[0, 0] - A[1, 1]) < 1e-9 and abs(A[0, 1] + A[1, 0]) < 1e-9  # sR: no shear, no anisotropy
+    return float(np.sqrt(np.linalg.det(A))), float(np.degrees(np.arctan2(A[1, 0], A[0, 0])))
+
+
+def _geometry_only(n: int, **conf):
+    """``n`` items of a similarity-only (perspective 0) dataset, small views so the test is fast."""
+    ds = HomographyPairs(_smooth_pattern(240, 180), seed=5, pairs_per_image=n, photometric=False,
+                         output_size=(96, 72), perspective=0.0, **conf)
+    return ds, [ds[i]["H_0to1"].double().numpy() for i in range(n)]
+
+
+def test_wide_zoom_and_rotation_span_the_configured_ranges():
+    ds, Hs = _geometry_only(500, scale_wide=(0.25, 4.0), scale_wide_prob=0.5, rotation_wide_deg=60.0,
+                            rotation_wide_prob=0.5, scale=(0.75, 1.33), rotation_deg=25.0)
+    zoom, angle = np.array([_similarity_parts(H) for H in Hs]).T
+    assert zoom.min() >= 0.25 - 1e-9 and zoom.max() <= 4.0 + 1e-9
+    assert zoom.min() < 0.3 and zoom.max() > 3.4  # both ends of the 4x range are reached
+    assert np.abs(angle).max() <= 60.0 + 1e-9 and angle.min() < -55 and angle.max() > 55
+    # the mixture: half the pairs log-uniform over [1/4, 4], so P(zoom beyond 2x either way) = 0.5 * 0.5;
+    # the other half stays in the core (0.75-1.33): most pairs are moderate, large zooms are common
+    far = np.abs(np.log(zoom)) > np.log(2)
+    assert 0.18 < far.mean() < 0.32
+    assert 0.5 < ((zoom >= 0.75 - 1e-9) & (zoom <= 1.33 + 1e-9)).mean() < 0.75
+    # rotation: P(|angle| > 25) = 0.5 * 35 / 60
+    assert 0.21 < (np.abs(angle) > 25).mean() < 0.37
+    # both directions of zoom alike (a zoom-in of view 1 is a zoom-out of view 0)
+    assert 0.4 < (zoom > 1).mean() < 0.6
+
+
+def test_narrow_config_keeps_the_old_ranges():
+    _, Hs = _geometry_only(200, scale_wide_prob=0.0, rotation_wide_prob=0.0, scale=(0.75, 1.33), rotation_deg=25.0)
+    zoom, angle = np.array([_similarity_parts(H) for H in Hs]).T
+    assert zoom.min() >= 0.75 - 1e-9 and zoom.max() <= 1.33 + 1e-9 and np.abs(angle).max() <= 25.0 + 1e-9
+    assert zoom.min() < 0.8 and zoom.max() > 1.25 and angle.min() < -22 and angle.max() > 22
+    # the shipped narrow preset really is that distribution
+    from asmamba.config import as_dictconfig
+
+    narrow = as_dictconfig("homography_photos_narrow", "data")
+    assert float(narrow.scale_wide_prob) == 0.0 and float(narrow.rotation_wide_prob) == 0.0
+    assert list(narrow.scale) == [0.75, 1.33]
+
+
+def _cells(w: int, h: int) -> np.ndarray:
+    xs, ys = np.meshgrid(np.arange(3.5, w, 8), np.arange(3.5, h, 8))
+    return np.stack([xs.ravel(), ys.ravel()], -1)
+
+
+def _inside_share(H: np.ndarray, w: int, h: int) -> float:
+    """Independent count: cells of one view warped by H (OpenCV) landing inside the other view."""
+    pts = cv2.perspectiveTransform(_cells(w, h)[:, None].astype(np.float64), H)[:, 0]
+    return float(((pts[:, 0] >= -0.5) & (pts[:, 0] <= w - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h - 0.5)).mean())
+
+
+@pytest.mark.parametrize("min_overlap", [0.25, 0.6])
+def test_overlap_constraint_holds_on_the_finer_view(min_overlap):
+    ds = HomographyPairs(_smooth_pattern(320, 240), seed=2, pairs_per_image=150, photometric=False,
+                         output_size=(128, 96), min_overlap=min_overlap)
+    shares = []
+    for i in range(len(ds)):
+        item = ds[i]
+        H = item["H_0to1"].double().numpy()
+        s0, s1 = _inside_share(H, 128, 96), _inside_share(np.linalg.inv(H), 128, 96)
+        # the finer (zoomed-in) view's cells: a zoom s caps the other view's share at 1/s^2
+        assert max(s0, s1) >= min_overlap, (i, s0, s1)
+        # crops keep both views on the source: (almost) no invalid pixels
+        assert float(item["mask1"].float().mean()) > 0.97 and float(item["mask0"].float().mean()) > 0.97
+        shares.append(max(s0, s1))
+    assert min(shares) < 0.95  # partial overlaps do occur (the constraint is not vacuous)
+
+
+@pytest.mark.parametrize(
+    "zoom,angle", [((3.6, 4.0), 60.0), ((0.25, 0.28), 60.0), ((1.0, 1.0), 60.0)], ids=["in4x", "out4x", "rot60"]
+)
+def test_gt_homography_maps_content_exactly_at_large_zoom_and_rotation(zoom, angle):
+    """Pixels of view 0 at GT points equal view 1's (bilinear), and OpenCV's warp of view 0 by H reproduces
+    view 1, at 4x zoom either way and at 60 degrees."""
+    src = _smooth_pattern(1200, 900)  # smooth at every scale the views see
+    ds = HomographyPairs(src, seed=3, pairs_per_image=3, photometric=False, output_size=(320, 240),
+                         scale=zoom, scale_wide_prob=0.0, rotation_deg=angle, rotation_wide_prob=0.0)
+    for idx in range(len(ds)):
+        item = ds[idx]
+        im0, im1 = item["image0"][0].double().numpy(), item["image1"][0].double().numpy()
+        H = item["H_0to1"].double().numpy()
+        m0, m1 = _erode(item["mask0"].numpy(), 2), _erode(item["mask1"].numpy(), 2)
+        rng = np.random.default_rng(idx)
+        pts0 = rng.uniform([2, 2], [317, 237], (20000, 2))
+        pts1 = cv2.perspectiveTransform(pts0[:, None], H)[:, 0]
+        ok = (pts1[:, 0] > 2) & (pts1[:, 0] < 317) & (pts1[:, 1] > 2) & (pts1[:, 1] < 237)
+        ok &= m0[pts0[:, 1].round().astype(int), pts0[:, 0].round().astype(int)]
+        ok[ok] &= m1[pts1[ok, 1].round().astype(int), pts1[ok, 0].round().astype(int)]
+        assert ok.sum() > 300
+        diff = np.abs(_bilinear(im1, pts1[ok]) - _bilinear(im0, pts0[ok]))
+        shifted = cv2.perspectiveTransform(pts0[ok][:, None] + [[2.0, 0.0]], H)[:, 0]  # 2 px off in view 0
+        inb = (shifted[:, 0] > 2) & (shifted[:, 0] < 317) & (shifted[:, 1] > 2) & (shifted[:, 1] < 237)
+        wrong = np.abs(_bilinear(im1, shifted[inb]) - _bilinear(im0, pts0[ok][inb]))
+        assert diff.mean() < 2.0 / 255 and wrong.mean() > 3 * diff.mean(), (diff.mean() * 255, wrong.mean() * 255)
+        warped = cv2.warpPerspective(im0, H, (320, 240), flags=cv2.INTER_LINEAR)
+        both = m1 & (cv2.warpPerspective(m0.astype(np.uint8), H, (320, 240), flags=cv2.INTER_NEAREST) > 0)
+        both = _erode(both, 2)
+        assert both.sum() > 1000
+        assert np.abs(warped - im1)[both].mean() < 2.0 / 255
+
+
+def test_bad_geometry_options_fail_clearly():
+    with pytest.raises(ValueError, match="scale_wide must be a range"):
+        HomographyPairs("skimage:camera", scale_wide=(4.0, 0.25))
+    with pytest.raises(ValueError, match="rotation_wide_prob must lie in"):
+        HomographyPairs("skimage:camera", rotation_wide_prob=1.5)
+    with pytest.raises(ValueError, match="min_overlap must lie in"):
+        HomographyPairs("skimage:camera", min_overlap=-0.1)

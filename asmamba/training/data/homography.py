@@ -1,9 +1,20 @@
 """Self-supervised pairs: two random homographic views of one image, with the exact homography between them.
 
-Both views are rendered from the source image: view 0 is a random crop (a similarity ``A0`` from source pixels
-to view-0 pixels) and view 1 applies a random homography ``H`` on top (``H @ A0``), so ``H`` maps view-0 pixels
-to view-1 pixels exactly. Each view then gets independent photometric changes. Everything random is drawn
-from ``numpy.random.default_rng(seed + index)``, so an item is the same whichever worker loads it.
+The geometry is drawn first, in view pixels: a homography ``H`` from view 0 to view 1 (perspective corner jitter,
+then a zoom and an in-plane rotation, then a shift). Zoom and rotation each come from a mixture: most pairs from a
+*core* range (``scale``, ``rotation_deg``: what real pairs mostly show), a share (``scale_wide_prob``,
+``rotation_wide_prob``) from a *wide* range (``scale_wide`` up to 4x both ways, ``rotation_wide_deg``), so large
+zooms and rotations are common without dominating. The zoom centre is placed so that the zoomed-in view can lie
+anywhere inside the other, and an ``H`` whose two views share too little (``min_overlap``, counted on 8 px cells
+of the finer view) is drawn again. Then the crop: the union of both views' footprints is fitted into the source
+image (a random fraction ``crop_scale`` of the largest fit, at a random place), so neither view runs off the
+source. Each view is rendered from the source pre-shrunk to its own resolution (no aliasing in the zoomed-out view,
+no blur from a shared low-resolution copy in the zoomed-in one); ``H`` maps view-0 pixels to view-1 pixels exactly.
+Each view then gets independent photometric changes. Everything random is drawn from
+``numpy.random.default_rng(seed + index)``, so an item is the same whichever worker loads it.
+
+The distribution before the wide ranges existed (zoom 0.75-1.33, +-25 degrees only) is
+``scale_wide_prob=0, rotation_wide_prob=0`` (``configs/data/homography_photos_narrow.yaml``).
 
 Sources: a folder of images, a list of image files, in-memory arrays, or scikit-image's shipped images
 (``"skimage"`` for :data:`SKIMAGE_IMAGES`, or ``"skimage:astronaut,brick"``).
@@ -15,7 +26,7 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -34,12 +45,17 @@ SKIMAGE_IMAGES = ("astronaut", "coffee", "chelsea", "camera", "brick", "grass", 
 default_conf: dict[str, Any] = {
     "output_size": (320, 240),  # (w, h) of both views
     "pairs_per_image": 1,  # dataset length = number of sources * pairs_per_image
-    "crop_scale": (0.5, 1.0),  # view-0 crop side, relative to the largest crop of the output's aspect
-    "rotation_deg": 25.0,  # in-plane rotation of view 1, uniform in [-r, r]
-    "scale": (0.75, 1.33),  # zoom of view 1, log-uniform
+    "crop_scale": (0.5, 1.0),  # both views' joint footprint, relative to the largest that fits in the source
+    "scale": (0.75, 1.33),  # core zoom of view 1 (view-1 px per view-0 px), log-uniform
+    "scale_wide": (0.25, 4.0),  # wide zoom, log-uniform ...
+    "scale_wide_prob": 0.5,  # ... drawn for this share of the pairs (0: core only)
+    "rotation_deg": 25.0,  # core in-plane rotation of view 1, uniform in [-r, r]
+    "rotation_wide_deg": 60.0,  # wide rotation, uniform in [-r, r] ...
+    "rotation_wide_prob": 0.5,  # ... drawn for this share of the pairs (0: core only)
     "perspective": 0.12,  # corner displacement of view 1, fraction of the output size
     "translation": 0.1,  # shift of view 1, fraction of the output size
-    "min_valid_fraction": 0.35,  # redraw H (up to 20 times) while less of either view is shared
+    "min_overlap": 0.25,  # redraw H while fewer of the finer view's 8 px cells warp inside the other view
+    "max_tries": 50,  # draws of H before the last one is kept without its shift and perspective
     "photometric": True,
     "brightness": 0.15,  # additive, uniform in [-b, b]
     "contrast": (0.75, 1.3),
@@ -122,23 +138,87 @@ def _uniform(rng: np.random.Generator, bounds: Sequence[float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-def sample_homography(rng: np.random.Generator, size_wh: Sequence[int], conf: dict) -> np.ndarray:
-    """A random view-0 -> view-1 homography ``(3, 3)``: perspective corner jitter, then zoom and rotation about the
-    image centre, then a shift."""
+def _log_uniform(rng: np.random.Generator, bounds: Sequence[float]) -> float:
+    return math.exp(_uniform(rng, (math.log(bounds[0]), math.log(bounds[1]))))
+
+
+def sample_zoom_rotation(rng: np.random.Generator, conf: dict) -> tuple[float, float]:
+    """Zoom (view-1 px per view-0 px) and in-plane rotation (degrees) of view 1, each from its core / wide
+    mixture. The same four numbers are drawn whatever the probabilities, so items stay aligned across configs."""
+    wide_zoom = rng.uniform() < conf["scale_wide_prob"]
+    zoom = _log_uniform(rng, conf["scale_wide"] if wide_zoom else conf["scale"])
+    wide_rotation = rng.uniform() < conf["rotation_wide_prob"]
+    r = conf["rotation_wide_deg"] if wide_rotation else conf["rotation_deg"]
+    return zoom, _uniform(rng, (-r, r))
+
+
+def similarity(zoom: float, angle_deg: float, p0: Sequence[float], p1: Sequence[float]) -> np.ndarray:
+    """``(3, 3)`` zoom by ``zoom`` and rotation by ``angle_deg`` that takes point ``p0`` to ``p1``."""
+    a = math.radians(angle_deg)
+    R = zoom * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    S = np.eye(3)
+    S[:2, :2], S[:2, 2] = R, np.asarray(p1, np.float64) - R @ np.asarray(p0, np.float64)
+    return S
+
+
+def _draw_homography(rng: np.random.Generator, size_wh: Sequence[int], conf: dict) -> tuple[np.ndarray, float, float]:
     w, h = float(size_wh[0]), float(size_wh[1])
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
     jitter = rng.uniform(-1, 1, (4, 2)) * conf["perspective"] * np.array([w, h])
     P = cv2.getPerspectiveTransform(corners, (corners + jitter).astype(np.float32)).astype(np.float64)
-    angle = math.radians(_uniform(rng, (-conf["rotation_deg"], conf["rotation_deg"])))
-    zoom = math.exp(_uniform(rng, np.log(conf["scale"])))
+    zoom, angle = sample_zoom_rotation(rng, conf)
     shift = rng.uniform(-1, 1, 2) * conf["translation"] * np.array([w, h])
-    cx, cy = (w - 1) / 2, (h - 1) / 2
-    c, s = zoom * math.cos(angle), zoom * math.sin(angle)
-    similarity = np.array(
-        [[c, -s, cx - c * cx + s * cy + shift[0]], [s, c, cy - s * cx - c * cy + shift[1]], [0, 0, 1]]
-    )
-    H = similarity @ P
-    return H / H[2, 2]
+    # the zoom centre: view-0 point p0 lands on view-1 point p1. A zoom-in shows a part 1/zoom as large of view 0,
+    # which may sit anywhere in it; a zoom-out shows view 0 shrunk, anywhere in view 1. No zoom: both centres.
+    half = np.array([(w - 1) / 2, (h - 1) / 2])
+    p0 = half + rng.uniform(-1, 1, 2) * half * (1 - 1 / max(zoom, 1.0))
+    p1 = half + rng.uniform(-1, 1, 2) * half * (1 - min(zoom, 1.0)) + shift
+    H = similarity(zoom, angle, p0, p1) @ P
+    return H / H[2, 2], zoom, angle
+
+
+def sample_homography(rng: np.random.Generator, size_wh: Sequence[int], conf: dict) -> np.ndarray:
+    """A random view-0 -> view-1 homography ``(3, 3)``: perspective corner jitter, then zoom and rotation about a
+    random zoom centre, then a shift (no overlap check: see :class:`HomographyPairs`)."""
+    return _draw_homography(rng, size_wh, conf)[0]
+
+
+def _warp(H: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pts (N, 2)`` through ``H``; also whether each lands in front (positive homogeneous coordinate)."""
+    q = pts @ H[:, :2].T + H[:, 2]
+    front = q[:, 2] > 1e-9
+    return q[:, :2] / np.where(front, q[:, 2], 1.0)[:, None], front
+
+
+def _cell_centres(size_wh: Sequence[int], stride: int = 8) -> np.ndarray:
+    offset = stride / 2 - 0.5
+    xs, ys = np.meshgrid(np.arange(offset, size_wh[0], stride), np.arange(offset, size_wh[1], stride))
+    return np.stack([xs.ravel(), ys.ravel()], axis=-1)
+
+
+def cell_overlap(H: np.ndarray, size_wh: Sequence[int], stride: int = 8) -> tuple[float, float]:
+    """Shares of view 0's and of view 1's ``stride``-pixel cells (both of size ``size_wh``) whose centre warps,
+    through ``H`` (view 0 -> view 1) or its inverse, inside the other view. A zoom of ``s`` caps the coarser
+    view's share at ``1 / s**2``; the finer view's share is what the pair really has in common."""
+    w, h = size_wh
+
+    def inside(pts: np.ndarray, front: np.ndarray) -> np.ndarray:
+        return front & (pts[:, 0] >= -0.5) & (pts[:, 0] <= w - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h - 0.5)
+
+    cells = _cell_centres(size_wh, stride)
+    return float(inside(*_warp(H, cells)).mean()), float(inside(*_warp(np.linalg.inv(H), cells)).mean())
+
+
+def _union_box(H: np.ndarray, size_wh: Sequence[int]) -> Optional[np.ndarray]:
+    """``(x0, y0, x1, y1)`` in view-0 pixels (pixel edges) of view 0 and of view 1's footprint together, or None
+    when part of view 1 sees beyond the horizon of view 0's plane."""
+    w, h = size_wh
+    edges = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    footprint, front = _warp(np.linalg.inv(H), edges)
+    if not front.all():
+        return None
+    pts = np.concatenate([edges, footprint])
+    return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
 
 
 @lru_cache(maxsize=8)
@@ -171,6 +251,48 @@ def photometric_jitter(image: np.ndarray, mask: np.ndarray, rng: np.random.Gener
     return np.where(mask, np.clip(out, 0.0, 1.0), 0.0).astype(np.float32)
 
 
+#: view 1's footprint (with view 0) may span at most this many view sizes, times 1 / zoom for a zoom-out
+MAX_FOOTPRINT = 3.0
+
+
+def _local_scale(H: np.ndarray, point: np.ndarray) -> float:
+    """``sqrt(|det J|)`` of the Jacobian of homography ``H`` at ``point`` (x, y)."""
+    x, y = float(point[0]), float(point[1])
+    w = H[2, 0] * x + H[2, 1] * y + H[2, 2]
+    u, v = (H[0, 0] * x + H[0, 1] * y + H[0, 2]) / w, (H[1, 0] * x + H[1, 1] * y + H[1, 2]) / w
+    J = (H[:2, :2] - np.outer([u, v], H[2, :2])) / w
+    return math.sqrt(abs(float(np.linalg.det(J))))
+
+
+def _acceptable(H: np.ndarray, zoom: float, size_wh: Sequence[int], min_overlap: float) -> bool:
+    """The views share ``min_overlap`` of the finer view's cells and view 1's footprint is bounded."""
+    box = _union_box(H, size_wh)
+    if box is None:
+        return False
+    limit = MAX_FOOTPRINT / min(zoom, 1.0)
+    if box[2] - box[0] > limit * size_wh[0] or box[3] - box[1] > limit * size_wh[1]:
+        return False
+    return max(cell_overlap(H, size_wh)) >= min_overlap
+
+
+def _check_conf(conf: dict) -> None:
+    """Clear errors for geometry options out of range."""
+    for key in ("scale", "scale_wide", "crop_scale"):
+        lo, hi = (float(v) for v in conf[key])
+        if not 0 < lo <= hi:
+            raise ValueError(f"homography option {key} must be a range 0 < lo <= hi, got {list(conf[key])}")
+    if float(conf["crop_scale"][1]) > 1.0:
+        raise ValueError(f"homography option crop_scale must lie in (0, 1], got {list(conf['crop_scale'])}")
+    for key in ("scale_wide_prob", "rotation_wide_prob", "min_overlap"):
+        if not 0.0 <= float(conf[key]) <= 1.0:
+            raise ValueError(f"homography option {key} must lie in [0, 1], got {conf[key]}")
+    for key in ("rotation_deg", "rotation_wide_deg", "perspective", "translation"):
+        if float(conf[key]) < 0:
+            raise ValueError(f"homography option {key} must be >= 0, got {conf[key]}")
+    if int(conf["max_tries"]) < 1:
+        raise ValueError(f"homography option max_tries must be >= 1, got {conf['max_tries']}")
+
+
 class HomographyPairs(Dataset):
     """Random homographic pairs as items of the shared layout (:mod:`asmamba.training.data.common`),
     ``gt_type = 1`` and ``H_0to1`` at network resolution.
@@ -189,6 +311,7 @@ class HomographyPairs(Dataset):
         w, h = self.conf["output_size"]
         if int(w) <= 0 or int(h) <= 0:
             raise ValueError(f"output_size must be a positive (w, h), got {self.conf['output_size']}")
+        _check_conf(self.conf)
         self.size_wh = (int(w), int(h))
         self.seed = int(seed)
         self.sources = resolve_sources(sources)
@@ -204,27 +327,38 @@ class HomographyPairs(Dataset):
     def __len__(self) -> int:
         return len(self.sources) * int(self.conf["pairs_per_image"])
 
-    def _crop(self, rng: np.random.Generator, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pre-shrunk source and the similarity ``A0`` (3, 3) from its pixels to view-0 pixels."""
-        W, H = self.size_wh
-        h, w = src.shape
-        crop_w = min(w, h * W / H) * _uniform(rng, self.conf["crop_scale"])
-        shrink = min(1.0, 1.25 * W / crop_w)  # avoid aliasing when the crop is much larger than the view
-        if shrink < 1.0:
-            new_wh = (max(1, int(round(w * shrink))), max(1, int(round(h * shrink))))
-            to_small = resize_transform((new_wh[0] / w, new_wh[1] / h))
-            src = cv2.resize(src, new_wh, interpolation=cv2.INTER_AREA)
-            h, w = src.shape
-            crop_w *= to_small[0, 0]
-        crop_w = min(crop_w, w, h * W / H)
-        crop_h = crop_w * H / W
-        left = -0.5 + rng.uniform(0, max(w - crop_w, 0.0))
-        top = -0.5 + rng.uniform(0, max(h - crop_h, 0.0))
-        k = W / crop_w
-        A0 = np.array([[k, 0, -left * k - 0.5], [0, k, -top * k - 0.5], [0, 0, 1]])
-        return src, A0
+    def _geometry(self, rng: np.random.Generator) -> np.ndarray:
+        """View-0 -> view-1 ``H``: drawn until the views share ``min_overlap`` of the finer view's cells and
+        view 1's footprint is bounded; after ``max_tries`` draws the last zoom and rotation are kept about the
+        image centre, without shift and perspective."""
+        for _ in range(int(self.conf["max_tries"])):
+            H, zoom, angle = _draw_homography(rng, self.size_wh, self.conf)
+            if _acceptable(H, zoom, self.size_wh, self.conf["min_overlap"]):
+                return H
+        centre = ((self.size_wh[0] - 1) / 2, (self.size_wh[1] - 1) / 2)
+        return similarity(zoom, angle, centre, centre)
+
+    def _crop(self, rng: np.random.Generator, H: np.ndarray, src_hw: Sequence[int]) -> np.ndarray:
+        """The similarity ``A0`` (3, 3) from source pixels to view-0 pixels: both views' joint footprint, scaled
+        to a random ``crop_scale`` of the largest size that fits in the source, at a random place."""
+        x0, y0, x1, y1 = _union_box(H, self.size_wh)
+        h, w = src_hw
+        k = max((x1 - x0) / w, (y1 - y0) / h) / _uniform(rng, self.conf["crop_scale"])  # view-0 px per source px
+        left = -0.5 + rng.uniform(0, max(w - (x1 - x0) / k, 0.0))  # the footprint's corner, in source pixels
+        top = -0.5 + rng.uniform(0, max(h - (y1 - y0) / k, 0.0))
+        return np.array([[k, 0, x0 - k * left], [0, k, y0 - k * top], [0, 0, 1]])
 
     def _render(self, src: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The view of ``A`` (source -> view pixels), from the source pre-shrunk to about the view's own
+        resolution at its centre (no aliasing where the view is zoomed out), and its valid-pixel mask."""
+        centre = np.array([(self.size_wh[0] - 1) / 2, (self.size_wh[1] - 1) / 2])
+        view_per_source = 1.0 / _local_scale(np.linalg.inv(A), centre)
+        shrink = min(1.0, 1.25 * view_per_source)
+        if shrink < 1.0:
+            h, w = src.shape
+            new_wh = (max(1, int(round(w * shrink))), max(1, int(round(h * shrink))))
+            A = A @ np.linalg.inv(resize_transform((new_wh[0] / w, new_wh[1] / h)))
+            src = cv2.resize(src, new_wh, interpolation=cv2.INTER_AREA)
         view = cv2.warpPerspective(
             src, A, self.size_wh, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         ).astype(np.float32) / 255.0
@@ -236,14 +370,9 @@ class HomographyPairs(Dataset):
             raise IndexError(f"index {idx} out of range for {len(self)} homography pairs")
         source = idx % len(self.sources)
         rng = np.random.default_rng(self.seed + idx)
-        src, A0 = self._crop(rng, self._load(source))
-        min_shared = float(self.conf["min_valid_fraction"])
-        for _ in range(20):
-            H = sample_homography(rng, self.size_wh, self.conf)
-            shared1 = _covered(H @ A0, src.shape, self.size_wh, step=8).mean()
-            shared0 = _covered(np.linalg.inv(H), (self.size_wh[1], self.size_wh[0]), self.size_wh, step=8).mean()
-            if min(shared0, shared1) >= min_shared:
-                break
+        src = self._load(source)
+        H = self._geometry(rng)
+        A0 = self._crop(rng, H, src.shape)
         image0, mask0 = self._render(src, A0)
         image1, mask1 = self._render(src, H @ A0)
         if self.conf["photometric"]:
