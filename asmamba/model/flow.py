@@ -25,8 +25,9 @@ class CorrelationFlowPrior(nn.Module):
     """Mean and variance of each cell's match from feature correlation, coarse to fine.
 
     A global soft-argmax against the other image's features pooled by ``pool`` gives a first position; a local
-    soft-argmax over the ``(2r+1)^2`` cells of the other image's 1/8 grid around it gives the prior's mean, and the
-    spread of that local distribution (plus the 1/12 cell^2 of quantisation) its variance.
+    soft-argmax over the ``(2r+1)^2`` cells of the other image's 1/8 grid around it gives the prior's mean; its
+    variance is the spread of the local distribution plus that of the global one (an unsure global stage may have put
+    the local window in the wrong place) plus the 1/12 cell^2 of quantisation.
     """
 
     default_conf = {"dim": 64, "pool": 4, "radius": 2, "temperature": 0.1}
@@ -57,6 +58,7 @@ class CorrelationFlowPrior(nn.Module):
         centres = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(1, hp * wp, 2)
         prob = torch.softmax(q @ pooled.flatten(2), dim=-1)  # (B, L0, Lp)
         first = prob @ centres  # (B, L0, 2)
+        var_global = prob @ centres**2 - first**2  # (B, L0, 2): how unsure the global stage is
         # local: the (2r+1)^2 cells of the 1/8 grid around the rounded first guess
         r = self.radius
         steps = torch.arange(-r, r + 1, device=f0.device, dtype=q.dtype)
@@ -70,7 +72,9 @@ class CorrelationFlowPrior(nn.Module):
         logits = logits.masked_fill(~inside, -1e4)
         weights = torch.softmax(logits, dim=-1)[..., None]  # (B, L0, K, 1)
         mean = (weights * points).sum(2)  # (B, L0, 2)
-        var = (weights * (points - mean[:, :, None]) ** 2).sum(2) + 1.0 / 12
+        # the local spread, plus the global stage's (a wrong global guess puts the local window in the wrong place),
+        # plus the 1/12 cell^2 of quantisation
+        var = (weights * (points - mean[:, :, None]) ** 2).sum(2) + var_global.clamp(min=0) + 1.0 / 12
         return mean.reshape(B, h, w, 2), var.reshape(B, h, w, 2)
 
 
