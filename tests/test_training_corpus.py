@@ -335,3 +335,67 @@ def test_source_tag_errors(tmp_path):
     assert "source" not in build_dataset(conf)[0]
     with pytest.raises(ValueError, match="source must be a non-empty name"):
         build_dataset(dict(conf, source=""))
+
+
+# ---------------------------------------------------------------------------------------------- cameras
+def test_per_size_camera_mode_shares_one_camera_per_image_size(tmp_path):
+    """Without EXIF, COLMAP's AUTO mode gives every image its own camera; per_size shares one per image size (a
+    frame stored rotated by 90 degrees gets its own)."""
+    pycolmap = pytest.importorskip("pycolmap")
+    import cv2
+
+    from asmamba.training.data.sfm_scene import _sift_database
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for name, (w, h) in {"a.jpg": (96, 64), "b.jpg": (96, 64), "c.jpg": (64, 96), "d.jpg": (96, 64)}.items():
+        cv2.imwrite(str(tmp_path / "images" / name), cv2.GaussianBlur((rng.random((h, w)) * 255).astype(np.uint8), (3, 3), 1))
+    for mode, expected in (("per_size", 2), ("auto", 4), ("single", 1)):
+        db_path = tmp_path / f"{mode}.db"
+        _sift_database(tmp_path / "images", db_path, mode, "SIMPLE_RADIAL", 1, None, 10, 0)
+        db = pycolmap.Database.open(str(db_path))
+        cams = {im.name: im.camera_id for im in db.read_all_images()}
+        db.close()
+        assert len(set(cams.values())) == expected, (mode, cams)
+        if mode == "per_size":
+            assert cams["a.jpg"] == cams["b.jpg"] == cams["d.jpg"] != cams["c.jpg"]
+
+
+def test_projection_matrices_give_the_cameras_back(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "cams").mkdir()
+    K0 = np.array([[2900.0, 0, 1370], [0, 2890.0, 760], [0, 0, 1]])  # for 2736 x 1540 originals
+    truth = {}
+    for k, scale in enumerate((1.0, -3.5, 0.02)):  # P is known up to scale and sign
+        axis = rng.normal(size=3)
+        R = cv2.Rodrigues(axis / np.linalg.norm(axis) * rng.uniform(0.2, 2.5))[0]
+        t = rng.normal(size=3) * 3
+        np.savetxt(tmp_path / "cams" / f"{k:05d}_P.txt", scale * K0 @ np.concatenate([R, t[:, None]], 1))
+        cv2.imwrite(str(tmp_path / "images" / f"{k:05d}._c.jpg"), np.zeros((576, 1024), np.uint8))
+        truth[f"{k:05d}._c.jpg"] = (R, t)
+    cv2.imwrite(str(tmp_path / "images" / "99999.jpg"), np.zeros((576, 1024), np.uint8))  # no camera: left out
+    cams = corpus.read_projection_cameras(tmp_path / "cams", tmp_path / "images", (2736, 1540))
+    assert set(cams) == set(truth)
+    for name, (K, T) in cams.items():
+        R, t = truth[name]
+        np.testing.assert_allclose(K, np.diag([1024 / 2736, 576 / 1540, 1]) @ K0, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(T[:3, :3], R, atol=1e-6)
+        np.testing.assert_allclose(T[:3, 3], t, atol=1e-6)
+    with pytest.raises(CorpusError, match="projection matrix"):
+        corpus.read_projection_cameras(tmp_path / "images", tmp_path / "images", (2736, 1540))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (TRAIN_ROOT / "av_buddha" / "source_cameras").is_dir(), reason="shared training data not present")
+def test_known_cameras_register_a_scene_too_sparse_for_sfm(tmp_path):
+    """av_buddha keeps 13 of 67 frames: incremental SfM registers 3; its source cameras register all 13, and the
+    SIFT points triangulated from them reproject within a pixel (so the cameras were read right)."""
+    cfg = load_build_config()
+    cfg["validation"] = []
+    source = [s for s in discover_scenes(TRAIN_ROOT, exclude=[]) if s.name == "av_buddha"]
+    result = build_sfm_corpus(tmp_path / "corpus", source, cfg, tmp_path / "colmap", progress=False)[0]
+    assert not result.error and result.registered == 13 and result.points > 100
+    assert result.mean_reprojection_error < 1.0

@@ -270,9 +270,62 @@ def _build_settings(cfg: Mapping[str, Any], scene: str) -> dict[str, Any]:
     return {"sfm": scene_settings(cfg, scene), "pairs": dict(cfg["pairs"]), "depth": dict(cfg["depth"])}
 
 
+def read_projection_cameras(
+    folder: PathLike, image_dir: PathLike, source_size: Sequence[int]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Cameras from per-image 3x4 projection matrices ``<stem>_P.txt`` (AliceVision's datasets: ``P = K [R | t]``
+    for the original ``source_size`` ``(w, h)`` images), rescaled to the stored image files of ``image_dir``.
+
+    An image ``NNNNN<anything>.jpg`` takes ``NNNNN_P.txt``. Returns ``name -> (K, T_world_to_cam)`` as
+    :func:`asmamba.training.data.sfm_scene.known_camera_model` takes them.
+    """
+    import cv2
+
+    folder, image_dir = Path(folder), Path(image_dir)
+    cameras = {}
+    for name in list_images(image_dir, recursive=False):
+        path = folder / f"{name.split('.')[0]}_P.txt"
+        if not path.is_file():
+            continue
+        P = np.loadtxt(path).reshape(3, 4)
+        K, R, C = cv2.decomposeProjectionMatrix(P)[:3]
+        K = K / K[2, 2]
+        D = np.diag(np.sign(np.diag(K)))  # positive focal lengths
+        K, R = K @ D, D @ R
+        if np.linalg.det(R) < 0:
+            R = -R  # P is known up to sign only
+        C = C[:3, 0] / C[3, 0]
+        image = cv2.imread(str(image_dir / name), cv2.IMREAD_GRAYSCALE)
+        h, w = image.shape
+        K = np.diag([w / source_size[0], h / source_size[1], 1.0]) @ K
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, -R @ C
+        cameras[name] = (K, T)
+    if not cameras:
+        raise CorpusError(f"no <image>_P.txt projection matrix in {str(folder)!r} matches an image of {str(image_dir)!r}")
+    return cameras
+
+
+#: readers of a scene's ``source_cameras`` folder (``sfm.cameras`` of the build config)
+CAMERA_READERS = {"projection_matrices": read_projection_cameras}
+
+
 def run_sfm(image_dir: Path, work_dir: Path, opts: Mapping[str, Any]) -> Path:
-    """A COLMAP model of one scene (reused when ``work_dir`` already holds one); returns its folder."""
+    """A COLMAP model of one scene (reused when ``work_dir`` already holds one); returns its folder.
+
+    ``opts["cameras"]``: ``sfm`` estimates the cameras; a key of :data:`CAMERA_READERS` reads them from the scene's
+    ``source_cameras`` folder (beside ``image_dir``, for ``source_size`` originals) and only triangulates."""
     matcher = str(opts["matcher"])
+    if opts.get("cameras", "sfm") != "sfm":
+        from asmamba.training.data.sfm_scene import known_camera_model
+
+        reader = CAMERA_READERS.get(str(opts["cameras"]))
+        if reader is None or matcher != "colmap_sift" or not opts.get("source_size"):
+            raise CorpusError(f"sfm.cameras must be 'sfm' or one of {sorted(CAMERA_READERS)} (with colmap_sift and "
+                              f"source_size), got {opts['cameras']!r}")
+        cameras = reader(image_dir.parent / "source_cameras", image_dir, opts["source_size"])
+        return known_camera_model(image_dir, work_dir, cameras, int(opts["num_threads"]),
+                                  opts.get("exhaustive_max_images"), int(opts["seed"]))
     if matcher == "colmap_sift":
         return colmap_sift_model(
             image_dir, work_dir, camera_mode=str(opts["camera_mode"]), camera_model=str(opts["camera_model"]),
@@ -289,7 +342,12 @@ def run_sfm(image_dir: Path, work_dir: Path, opts: Mapping[str, Any]) -> Path:
     pairs = "exhaustive" if opts.get("exhaustive_max_images") is None or n <= int(opts["exhaustive_max_images"]) \
         else "sequential:10"
     cfg = load_pipeline_config("reconstruct")
-    cfg.matcher, cfg.pairs, cfg.camera_mode, cfg.device = matcher, pairs, str(opts["camera_mode"]), "cpu"
+    mode = str(opts["camera_mode"])
+    if mode == "per_size":  # the pipeline's modes are COLMAP's own
+        from asmamba.training.data.sfm_scene import _images_by_size
+
+        mode = "single" if len(_images_by_size(image_dir)) == 1 else "per_image"
+    cfg.matcher, cfg.pairs, cfg.camera_mode, cfg.device = matcher, pairs, mode, "cpu"
     cfg.mapper.num_threads, cfg.mapper.random_seed = int(opts["num_threads"]), int(opts["seed"])
     reconstruct(image_dir, work_dir, cfg, progress=False)
     return sfm_dir
@@ -550,7 +608,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     b.add_argument("--force", action="store_true", help="rewrite finished SfM scenes (their SfM models are reused)")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--verbose", action="store_true", help="keep COLMAP's log lines")
-    b.add_argument("overrides", nargs="*", help="key=value overrides of the settings, e.g. pairs.max_per_bin=50")
+    b.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="overrides of the settings, e.g. --set pairs.max_per_bin=50 sfm.matcher=xfeat_lighterglue")
     args = parser.parse_args(argv)
     try:
         cfg = load_build_config(args.config, args.overrides)

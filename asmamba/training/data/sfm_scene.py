@@ -133,8 +133,60 @@ def covisible_pairs(views: list[SparseView], min_shared: int) -> list[tuple[np.n
     return pairs
 
 
-#: COLMAP camera sharing modes by their lower-case names (``pycolmap.CameraMode``)
-CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
+#: camera sharing: ``per_size`` - one camera per image size (frames rotated by 90 degrees get their own);
+#: the others are COLMAP's own (``pycolmap.CameraMode``; without EXIF, ``auto`` gives every image its own camera)
+CAMERA_MODES = ("per_size", "auto", "single", "per_folder", "per_image")
+
+
+def _images_by_size(image_dir: Path) -> dict[tuple[int, int], list[str]]:
+    """Image names (sorted) of a folder grouped by their ``(w, h)``."""
+    import cv2
+
+    from asmamba.io import list_images
+
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name in list_images(image_dir, recursive=False):
+        image = cv2.imread(str(image_dir / name), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise ValueError(f"image {str(image_dir / name)!r} cannot be read")
+        groups.setdefault((image.shape[1], image.shape[0]), []).append(name)
+    return groups
+
+
+def _sift_database(
+    image_dir: Path, database: Path, camera_mode: str, camera_model: str, num_threads: int,
+    exhaustive_max_images: Optional[int], sequential_overlap: int, seed: int,
+) -> None:
+    """A fresh COLMAP database of the folder's SIFT features and verified matches."""
+    import pycolmap
+
+    if camera_mode not in CAMERA_MODES:
+        raise ValueError(f"unknown camera_mode {camera_mode!r}; choose one of {', '.join(CAMERA_MODES)}")
+    database.unlink(missing_ok=True)
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = num_threads
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    if camera_mode == "per_size":  # one extraction per size, each sharing a single camera
+        for names in _images_by_size(image_dir).values():
+            pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                                      reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+    else:
+        pycolmap.extract_features(database, image_dir, camera_mode=getattr(pycolmap.CameraMode, camera_mode.upper()),
+                                  reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = num_threads
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = seed
+    n_images = sum(len(names) for names in _images_by_size(image_dir).values())
+    if exhaustive_max_images is None or n_images <= exhaustive_max_images:
+        pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
+                                  device=pycolmap.Device.cpu)
+    else:
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = sequential_overlap
+        pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
+                                  verification_options=verification, device=pycolmap.Device.cpu)
 
 
 def colmap_sift_model(
@@ -150,7 +202,7 @@ def colmap_sift_model(
     """COLMAP's SIFT reconstruction of one folder; returns the largest model's folder.
 
     Args:
-        camera_mode: one of :data:`CAMERA_MODES` (``auto`` shares a camera between images of one size).
+        camera_mode: one of :data:`CAMERA_MODES`.
         camera_model: COLMAP camera model of the new cameras (e.g. ``SIMPLE_RADIAL``, ``OPENCV``).
         num_threads: threads of every COLMAP stage (-1: all cores).
         exhaustive_max_images: match every pair up to this many images, else consecutive file names
@@ -170,26 +222,8 @@ def colmap_sift_model(
         return _largest_model(models)
     work.mkdir(parents=True, exist_ok=True)
     database = work / "database.db"
-    database.unlink(missing_ok=True)
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = num_threads
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = camera_model
-    pycolmap.extract_features(database, image_dir, camera_mode=getattr(pycolmap.CameraMode, camera_mode.upper()),
-                              reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = num_threads
-    verification = pycolmap.TwoViewGeometryOptions()
-    verification.ransac.random_seed = seed
-    n_images = len([p for p in image_dir.iterdir() if p.is_file()])
-    if exhaustive_max_images is None or n_images <= exhaustive_max_images:
-        pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
-                                  device=pycolmap.Device.cpu)
-    else:
-        pairing = pycolmap.SequentialPairingOptions()
-        pairing.overlap = sequential_overlap
-        pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
-                                  verification_options=verification, device=pycolmap.Device.cpu)
+    _sift_database(image_dir, database, camera_mode, camera_model, num_threads, exhaustive_max_images,
+                   sequential_overlap, seed)
     mapper = pycolmap.IncrementalPipelineOptions()
     mapper.num_threads = num_threads
     mapper.random_seed = seed
@@ -200,6 +234,67 @@ def colmap_sift_model(
     reconstructions = pycolmap.incremental_mapping(database, image_dir, tmp, options=mapper)
     if not reconstructions:
         raise RuntimeError(f"COLMAP built no model from the images in {str(image_dir)!r}")
+    os.replace(tmp, models)
+    return _largest_model(models)
+
+
+def known_camera_model(
+    image_dir: PathLike,
+    work_dir: PathLike,
+    cameras: dict[str, tuple[np.ndarray, np.ndarray]],
+    num_threads: int = -1,
+    exhaustive_max_images: Optional[int] = None,
+    seed: int = 0,
+) -> Path:
+    """COLMAP's SIFT points triangulated from *given* cameras (no pose estimation); returns the model's folder.
+
+    For scenes whose source holds calibrated cameras but whose photos are too far apart for incremental SfM.
+
+    Args:
+        cameras: image name -> ``(K, T_world_to_cam)``: PINHOLE intrinsics ``(3, 3)`` of the image file in COLMAP's
+            pixel frame (centres at +0.5) and the ``(4, 4)`` pose. Images without an entry stay unregistered.
+        num_threads, exhaustive_max_images, seed: as :func:`colmap_sift_model`.
+    Raises:
+        ValueError: no image of the folder has a camera. RuntimeError: nothing could be triangulated.
+    """
+    import pycolmap
+
+    image_dir, work = Path(image_dir), Path(work_dir)
+    models = work / "models"
+    if models.is_dir() and any(models.iterdir()):
+        return _largest_model(models)
+    work.mkdir(parents=True, exist_ok=True)
+    database = work / "database.db"
+    _sift_database(image_dir, database, "per_image", "PINHOLE", num_threads, exhaustive_max_images, 10, seed)
+    db = pycolmap.Database.open(str(database))
+    try:
+        images = [im for im in db.read_all_images() if im.name in cameras]
+        db_cameras = {c.camera_id: c for c in db.read_all_cameras()}
+    finally:
+        db.close()
+    if not images:
+        raise ValueError(f"none of the images in {str(image_dir)!r} has a given camera")
+    rec = pycolmap.Reconstruction()
+    for im in images:
+        K, T = cameras[im.name]
+        size = db_cameras[im.camera_id]
+        camera = pycolmap.Camera.create_from_model_name(im.camera_id, "PINHOLE", float(K[0, 0]), size.width, size.height)
+        camera.params = [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])]
+        rec.add_camera_with_trivial_rig(camera)
+        image = pycolmap.Image(name=im.name, camera_id=im.camera_id, image_id=im.image_id)
+        pose = pycolmap.Rigid3d(pycolmap.Rotation3d(np.asarray(T[:3, :3], np.float64)), np.asarray(T[:3, 3], np.float64))
+        rec.add_image_with_trivial_frame(image, pose)
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = num_threads
+    options.random_seed = seed
+    options.extract_colors = False
+    tmp = work / "models.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "0").mkdir(parents=True)
+    result = pycolmap.triangulate_points(rec, database, image_dir, tmp / "0", options=options)
+    if result.num_points3D() == 0:
+        raise RuntimeError(f"no point could be triangulated from the given cameras of {str(image_dir)!r}")
+    result.write(str(tmp / "0"))
     os.replace(tmp, models)
     return _largest_model(models)
 
