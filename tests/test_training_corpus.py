@@ -399,3 +399,17 @@ def test_known_cameras_register_a_scene_too_sparse_for_sfm(tmp_path):
     result = build_sfm_corpus(tmp_path / "corpus", source, cfg, tmp_path / "colmap", progress=False)[0]
     assert not result.error and result.registered == 13 and result.points > 100
     assert result.mean_reprojection_error < 1.0
+
+
+def test_interleave_takes_the_parts_in_turn():
+    from asmamba.training.data import build_dataset
+
+    part = {"type": "homography", "output_size": [64, 48]}
+    ds = build_dataset({"type": "interleave", "datasets": [
+        dict(part, sources=["skimage:camera"], pairs_per_image=3, source="a"),
+        dict(part, sources=["skimage:coffee"], pairs_per_image=1, source="b"),
+        dict(part, sources=["skimage:brick"], pairs_per_image=2, source="c"),
+    ]})
+    assert len(ds) == 6
+    assert [ds[k]["source"] for k in range(6)] == ["a", "b", "c", "a", "c", "a"]
+    assert ds[3]["pair_name"].startswith("skimage/camera#1a")  # the second item of part a

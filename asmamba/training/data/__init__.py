@@ -25,6 +25,7 @@ __all__ = [
     "GT_DEPTH",
     "GT_HOMOGRAPHY",
     "HomographyPairs",
+    "Interleaved",
     "MegaDepthScene",
     "ScanNetPairs",
     "SourceTagged",
@@ -51,6 +52,23 @@ class SourceTagged(Dataset):
         return item
 
 
+class Interleaved(Dataset):
+    """Several datasets taken in turn (item 0 of each, then item 1 of each, ...; a shorter one drops out when it
+    runs out), so that the first ``n`` items of a validation set cover every part."""
+
+    def __init__(self, datasets: list[Dataset]):
+        self.datasets = datasets
+        sizes = [len(d) for d in datasets]  # type: ignore[arg-type]
+        self.order = [(p, k) for k in range(max(sizes, default=0)) for p, n in enumerate(sizes) if k < n]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, idx: int) -> dict:
+        part, k = self.order[idx]
+        return self.datasets[part][k]
+
+
 def _required(conf: dict, keys: tuple[str, ...], kind: str) -> list[Any]:
     missing = [k for k in keys if conf.get(k) in (None, "???")]
     if missing:
@@ -63,7 +81,7 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     ``homography_cpu``), a YAML path, a dict or a ``DictConfig``, with keyword overrides.
 
     ``type`` selects the class (``megadepth``, ``scannet``, ``homography``, or ``concat`` with a ``datasets``
-    list of such configs); ``repeat: n`` lists a dataset's items n times (to weight the parts of a concat);
+    list of such configs, or ``interleave``: the same, its parts' items taken in turn); ``repeat: n`` lists a dataset's items n times (to weight the parts of a concat);
     ``source: name`` tags every item of the dataset with ``item["source"] = name`` (a per-source label for logs and
     validation); the other keys are its arguments. Values left ``???`` must come as overrides.
 
@@ -87,6 +105,8 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
         return ConcatDataset([build_dataset(dict(conf, type=kind))] * repeat)
     if kind == "concat":
         return ConcatDataset([build_dataset(c) for c in conf.get("datasets", [])])
+    if kind == "interleave":
+        return Interleaved([build_dataset(c) for c in conf.get("datasets", [])])
     if kind == "megadepth":
         root, index_dir = _required(conf, ("root", "index_dir"), kind)
         return load_megadepth(root, index_dir, conf.pop("scenes", None), conf.pop("max_pairs_per_scene", None), **conf)
@@ -96,4 +116,4 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     if kind == "homography":
         (sources,) = _required(conf, ("sources",), kind)
         return HomographyPairs(sources, **conf)
-    raise ValueError(f"unknown dataset type {kind!r}; known: megadepth, scannet, homography, concat")
+    raise ValueError(f"unknown dataset type {kind!r}; known: megadepth, scannet, homography, concat, interleave")

@@ -379,8 +379,10 @@ def build_scene(
                                f"(min_registered {opts['min_registered']})")
         bins = [float(b) for b in pcfg["bins"]]
 
+        cap = pcfg["val_max_per_bin"] if split == "val" else pcfg["max_per_bin"]
+
         def choose(views: list[SparseView]) -> list:
-            return select_pairs(views, bins, pcfg["max_per_bin"], int(pcfg["min_shared"]), int(pcfg["seed"]))
+            return select_pairs(views, bins, cap, int(pcfg["min_shared"]), int(pcfg["seed"]))
 
         index = write_sparse_scene(
             model_dir, source.image_dir, out_dir, source.name, int(dcfg["stride"]), int(dcfg["splat"]),
