@@ -197,7 +197,9 @@ class ASMamba(nn.Module):
             out[f"valid_hw{k}"] = valid_hw
         return out
 
-    def forward(self, data: dict[str, Any], return_intermediate: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self, data: dict[str, Any], return_intermediate: bool = False, scale_adapt: Optional[bool] = None
+    ) -> dict[str, torch.Tensor]:
         """Match a batch of image pairs.
 
         Args:
@@ -206,11 +208,23 @@ class ASMamba(nn.Module):
             return_intermediate: also return everything the losses need (flows, confidence matrix, fine
                 expectations, geometry predictions, padded sizes) next to the four contract keys; needs every pair
                 of the batch to have the same valid sizes (one network pass).
+            scale_adapt: test-time scale adaptation (:mod:`asmamba.scale_adaptation`): when the first pass shows a
+                strong zoom between the images, match again with the zoomed-in image shrunk, per pair. ``None``
+                follows the config's ``scale_adapt.enabled``; never in training mode or with
+                ``return_intermediate``.
         Returns:
             ``keypoints0``, ``keypoints1``, ``confidence``, ``batch_indexes`` (and the intermediate dict's keys when
             ``return_intermediate``).
         """
-        return self.match_prepared(self.prepare(data), return_intermediate)
+        out = self.match_prepared(self.prepare(data), return_intermediate)
+        if scale_adapt is None:
+            scale_adapt = bool(self.config.scale_adapt.enabled)
+        if scale_adapt and not return_intermediate and not self.training:
+            from .scale_adaptation import ScaleAdaptConfig, match_with_scale_adaptation
+
+            conf = ScaleAdaptConfig.from_mapping(self.config.scale_adapt)
+            out, _ = match_with_scale_adaptation(lambda pair: self.forward(pair, scale_adapt=False), data, out, conf)
+        return out
 
     def match_prepared(self, prepared: dict[str, Any], return_intermediate: bool = False) -> dict[str, torch.Tensor]:
         """Match the pairs of :meth:`prepare`'s output: the pairs are grouped by valid sizes, each group runs as one
