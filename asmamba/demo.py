@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 
 
 def default_matcher_name() -> str:
@@ -42,6 +41,7 @@ def stereo_errors(kpts0: np.ndarray, kpts1: np.ndarray, disparity: np.ndarray) -
 
 def run_stereo(matcher_name: str, resize_max: int, out_png: Path, device: str) -> dict[str, Any]:
     import skimage.data
+    import torch
 
     from .baselines import build_matcher
     from .io import image_to_tensor, resize_max as resize
@@ -73,21 +73,47 @@ def run_stereo(matcher_name: str, resize_max: int, out_png: Path, device: str) -
     correctness = np.where(known, np.clip(1 - epe / 6.0, 0, 1), 0.5)
     draw_matches(left_s, right_s, k0, k1, out_png, color_values=correctness,
                  title=f"{matcher_name}: {len(k0)} matches, {100 * result['precision@3px']:.0f}% within 3 px "
-                       "(full-res GT)")
+                       "(full-res GT)",
+                 legend=("distance to the GT match (yellow: no GT)", ">= 6 px", "0 px"))
     return result
 
 
+def _check_args(args: argparse.Namespace) -> Optional[Path]:
+    """Paths and numbers checked before torch is imported; returns the folder to reconstruct (None: skip)."""
+    from .io import check_output_dir, data_root, list_images
+
+    check_output_dir(args.out, "--out")
+    if args.resize_max < 32:
+        raise ValueError(f"--resize-max must be >= 32, got {args.resize_max}")
+    if args.skip_sfm:
+        return None
+    if args.images:
+        list_images(args.images)  # exists and holds images
+        return Path(args.images)
+    images = data_root() / "sfm" / "sacre_coeur" / "images"
+    return images if images.is_dir() else None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .io import data_root
+    from .clitools import run_guarded
 
     parser = argparse.ArgumentParser(prog="asmamba demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--matcher", default=None,
                         help="matcher name (default: asmamba with the shipped weights, else xfeat)")
     parser.add_argument("--images", default=None, help="folder to reconstruct (default: the shared sacre_coeur)")
     parser.add_argument("--out", default="demo_out", help="output folder")
-    parser.add_argument("--resize-max", type=int, default=640)
+    parser.add_argument("--resize-max", type=int, default=640,
+                        help="long side of the matched images (640; 'asmamba reconstruct' defaults to 1024)")
     parser.add_argument("--skip-sfm", action="store_true", help="only the stereo part")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    return run_guarded(parser.prog, lambda: _demo(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    images = _check_args(args)
+
+    import torch
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = args.matcher or default_matcher_name()
     if args.matcher is None and name != "asmamba":
@@ -101,9 +127,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {out / 'demo_matches.png'}")
     if args.skip_sfm:
         return 0
-    images = Path(args.images) if args.images else data_root() / "sfm" / "sacre_coeur" / "images"
-    if not images.is_dir():
-        print(f"no image folder at {images}: skipping the reconstruction (pass --images DIR)")
+    if images is None:
+        from .io import data_root
+
+        print(f"no image folder at {data_root() / 'sfm' / 'sacre_coeur' / 'images'}: skipping the reconstruction "
+              "(pass --images DIR)")
         return 0
     from .pipelines.reconstruct import main as reconstruct_main
 
@@ -114,8 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cell = 8.0 * max(1.0, long_side / args.resize_max)
     print(f"reconstructing {images} with {name} ...")
     return reconstruct_main([str(images), str(out / "sfm"), "--matcher", name, "--resize-max", str(args.resize_max),
-                             "--set", f"quantization.dense.cell_size={cell:.2f}",
-                             f"quantization.dense.max_error={cell / 2:.2f}"])
+                             f"quantization.dense.cell_size={cell:.2f}", f"quantization.dense.max_error={cell / 2:.2f}"])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Reading images and ground-truth files, with errors that name what is wrong.
 
 Everything that turns a path into a tensor or an array lives here so that the CLI, the pipelines and the
-evaluation read files the same way.
+evaluation read files the same way. OpenCV and torch load on first use: the command line checks its paths with
+:func:`check_input_file`, :func:`check_output_file` and :func:`check_output_dir` before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
-import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 PathLike = Union[str, os.PathLike]
 
@@ -30,6 +32,66 @@ def data_root() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def check_input_file(path: PathLike, what: str = "file") -> Path:
+    """``path`` as a :class:`~pathlib.Path` if it is an existing file.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        IsADirectoryError: ``path`` is a folder.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {str(p)!r} does not exist")
+    if not p.is_file():
+        raise IsADirectoryError(f"{what} {str(p)!r} is a folder, not a file")
+    return p
+
+
+def _check_writable_dir(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what}: {str(folder)!r} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what}: folder {str(folder)!r} is not writable")
+
+
+def check_output_file(path: PathLike, what: str = "output file") -> Path:
+    """``path`` if a file can be written there: its folder exists and is writable, and it is not a folder itself.
+
+    Raises:
+        FileNotFoundError: the folder does not exist (it is not created: a typo should not make folders).
+        NotADirectoryError / PermissionError / IsADirectoryError: the folder is a file, is read-only, or ``path``
+            is a folder.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {str(p)!r} is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise FileNotFoundError(f"{what} {str(p)!r}: folder {str(parent)!r} does not exist")
+    _check_writable_dir(parent, f"{what} {str(p)!r}")
+    return p
+
+
+def check_output_dir(path: PathLike, what: str = "output folder") -> Path:
+    """``path`` if it is a writable folder or can be created (its nearest existing ancestor is a writable folder).
+
+    Raises:
+        NotADirectoryError: ``path`` or an ancestor is a file.
+        PermissionError: the folder (or the ancestor it would be created in) is not writable.
+    """
+    p = Path(path)
+    if p.exists():
+        _check_writable_dir(p, what)
+        return p
+    ancestor = p.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"{what} {str(p)!r} cannot be created: {str(ancestor)!r} is a file")
+    _check_writable_dir(ancestor, f"{what} {str(p)!r} cannot be created")
+    return p
 
 
 def list_images(folder: PathLike, recursive: bool = True) -> list[str]:
@@ -59,9 +121,11 @@ def read_image(path: PathLike, grayscale: bool = False) -> np.ndarray:
     Raises:
         ImageReadError: the file is missing, empty, unreadable or not a decodable image.
     """
+    import cv2
+
     p = Path(path)
     if not p.is_file():
-        raise ImageReadError(f"image {str(p)!r} does not exist")
+        raise ImageReadError(f"image {str(p)!r} does not exist" if not p.exists() else f"image {str(p)!r} is a folder")
     data = np.fromfile(str(p), dtype=np.uint8)
     if data.size == 0:
         raise ImageReadError(f"image {str(p)!r} is empty (0 bytes)")
@@ -81,6 +145,8 @@ def resize_max(image: np.ndarray, max_side: Optional[int]) -> tuple[np.ndarray, 
         the resized image and the scale ``(sx, sy)`` with ``resized_xy = original_xy * scale`` (pixel centres at
         integer coordinates, so the mapping uses ``(x + 0.5) * s - 0.5``; see :func:`scale_points`).
     """
+    import cv2
+
     h, w = image.shape[:2]
     if max_side is None or max(h, w) <= max_side:
         return image, np.array([1.0, 1.0])
@@ -98,6 +164,8 @@ def scale_points(points: np.ndarray, scale: Sequence[float]) -> np.ndarray:
 
 def image_to_tensor(image: np.ndarray, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
     """uint8 ``(H, W)`` or ``(H, W, 3)`` array -> float tensor ``(1, C, H, W)`` in [0, 1]."""
+    import torch
+
     if image.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image array, got {image.dtype}")
     t = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)

@@ -17,6 +17,7 @@ def draw_matches(
     color_values: Optional[np.ndarray] = None,
     title: str = "",
     max_lines: int = 1500,
+    legend: Optional[tuple[str, str, str]] = None,
 ) -> None:
     """Write a PNG of two images side by side with a line per match.
 
@@ -25,7 +26,16 @@ def draw_matches(
         kpts0, kpts1: ``(N, 2)`` pixel coordinates (pixel centres at integers).
         color_values: ``(N,)`` values in [0, 1] for the colour map (e.g. confidence or correctness).
         max_lines: at most this many lines are drawn (an even subsample), so dense matchers stay readable.
+        legend: ``(what the colours mean, label of value 0, label of value 1)``, drawn as a colour bar in the
+            bottom-left corner, e.g. ``("match confidence", "0", "1")``.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError / PermissionError: ``path``'s folder is missing or not writable
+            (checked before drawing).
     """
+    from .io import check_output_file
+
+    check_output_file(path, "match picture")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +70,32 @@ def draw_matches(
     ax.set_xlim(0, canvas.shape[1])
     ax.set_ylim(canvas.shape[0], 0)
     ax.axis("off")
-    tmp = f"{os.fspath(path)}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    if legend is not None:
+        _draw_legend(fig, cmap, canvas.shape[1], canvas.shape[0], *legend)
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _draw_legend(fig, cmap, width: int, height: int, label: str, low: str, high: str) -> None:
+    """A horizontal colour bar (value 0 on the left, 1 on the right) with its meaning, on a dark panel in the
+    bottom-left corner (readable on any image)."""
+    from matplotlib.patches import Rectangle
+
+    bar_w = max(40.0, min(200.0, 0.4 * width))  # pixels (the figure has one point per pixel at dpi 100)
+    x0, y0, panel_h = 6.0, 6.0, 42.0
+    fig.patches.append(Rectangle((x0 / width, y0 / height), (bar_w + 12) / width, panel_h / height,
+                                 transform=fig.transFigure, facecolor="black", alpha=0.6, linewidth=0, zorder=1))
+    bar = fig.add_axes([(x0 + 6) / width, (y0 + 13) / height, bar_w / width, 10 / height])
+    bar.imshow(np.linspace(0, 1, 256)[None], cmap=cmap, aspect="auto", extent=(0, 1, 0, 1))
+    bar.axis("off")
+    bar.set_zorder(2)  # above the panel (zorder 1), which is above the picture (0)
+    fig.text((x0 + 6) / width, (y0 + panel_h - 3) / height, label, color="white", fontsize=8, va="top")
+    fig.text((x0 + 6) / width, (y0 + 2) / height, low, color="white", fontsize=7, va="bottom")
+    fig.text((x0 + 6 + bar_w) / width, (y0 + 2) / height, high, color="white", fontsize=7, va="bottom", ha="right")

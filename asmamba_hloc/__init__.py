@@ -28,9 +28,20 @@ HLOC_INSTALL_HINT = (
     "pip install -e Hierarchical-Localization`"
 )
 
-_PREPROCESSING = {"grayscale": True, "resize_max": 1024, "dfactor": 8}  # AS-Mamba pads internally: any dfactor
+# AS-Mamba pads internally, so no dfactor rounding is needed: with dfactor 1 hloc feeds an image whose long side is
+# at most resize_max unscaled (scale exactly 1), and the quantisation grids below line up with AS-Mamba's cells.
+_PREPROCESSING = {"grayscale": True, "resize_max": 1024, "dfactor": 1}
 
 #: Entries added to ``hloc.match_dense.confs`` (same fields as hloc's ``loftr`` / ``loftr_aachen``).
+#:
+#: Quantisation offsets: hloc's ``match_dense`` puts a point x in cell ``round((x + 0.5) / cell_size)``, so its cell
+#: centres lie at ``cell_size * j - 0.5`` and its cell edges half a cell further. AS-Mamba's coarse keypoints sit at
+#: its 8 px cell centres, ``8 i + 3.5``: exactly on the edges of hloc's 8 px cells (numpy rounds those ties to
+#: even, which merges two AS-Mamba cells into one hloc cell and splits the refined points around each of them).
+#: 4 px cells put every AS-Mamba cell centre at an hloc cell centre (``8 i + 3.5 = 4 (2 i + 1) - 0.5``), and so do
+#: the 2 px bins of ``max_error`` 2 and the 1 px cells of ``asmamba``. This holds when hloc does not rescale the
+#: image (long side <= ``resize_max``); for larger images use ``asmamba match-dense``, whose cells follow the
+#: matched resolution, or resize the images first.
 CONFS: dict[str, dict[str, Any]] = {
     # every matched pixel becomes a keypoint candidate (1 px cells): best quality, small scenes only
     "asmamba": {
@@ -40,13 +51,13 @@ CONFS: dict[str, dict[str, Any]] = {
         "max_error": 1,  # px: a match end farther than this from its cell's keypoint is dropped
         "cell_size": 1,  # px: at most one keypoint per cell
     },
-    # semi-scalable: one keypoint per 8 px cell bounds the keypoints per image
+    # semi-scalable: one keypoint per 4 px cell (centred on AS-Mamba's cell centres) bounds the keypoints per image
     "asmamba_aachen": {
         "output": "matches-asmamba_aachen",
         "model": {"name": "asmamba"},
         "preprocessing": dict(_PREPROCESSING),
         "max_error": 2,
-        "cell_size": 8,
+        "cell_size": 4,
     },
 }
 

@@ -19,14 +19,16 @@ import os
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .h5io import atomic_h5, check_pair_keys_unique, pairs_to_matches0, write_features, write_matches
 from .quantize import QuantizationConf, assign_to_keypoints, quantize_points, unique_matches
+
+if TYPE_CHECKING:  # torch loads when a pair is matched, so that the command line answers before it does
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +160,15 @@ def _to_original_pixels(points: torch.Tensor, scale: np.ndarray) -> np.ndarray:
     return ((pts + 0.5) / np.asarray(scale, dtype=np.float64) - 0.5).astype(np.float32)
 
 
-@torch.no_grad()
 def match_pair(
     matcher: torch.nn.Module, image0: torch.Tensor, image1: torch.Tensor, scale0: np.ndarray, scale1: np.ndarray
 ) -> DenseMatches:
     """Run a kornia-contract matcher on one pair of ``(1, 1, H, W)`` images and map the matches to the original
     images (``scale = resized / original`` per axis)."""
-    out = matcher({"image0": image0, "image1": image1})
+    import torch
+
+    with torch.no_grad():
+        out = matcher({"image0": image0, "image1": image1})
     for key in ("keypoints0", "keypoints1", "confidence"):
         if key not in out:
             raise ValueError(f"the matcher's output has no {key!r} (keys: {sorted(out)}); it breaks the kornia contract")
@@ -187,6 +191,9 @@ def match_pairs(
     progress: bool = True,
 ) -> MatchingReport:
     """Match every pair not yet in the cache (stage 1). A pair whose image cannot be read is reported and skipped.
+
+    A rerun logs ``resuming: k/N pairs done`` and matches the other pairs only; the matcher is built only if a pair
+    needs matching.
 
     Args:
         matcher: kornia-contract matcher (eval mode), or a zero-argument builder called only if a pair needs matching.
@@ -216,22 +223,30 @@ def match_pairs(
         loaded.move_to_end(name)
         return loaded[name]
 
+    import torch
+
     model = matcher if isinstance(matcher, torch.nn.Module) else None
     todo = shard_pairs(unique_pairs(pairs), shard)
-    for name0, name1 in tqdm(todo, desc="matching pairs", unit="pair", disable=not progress):
-        if not overwrite and cache.load(name0, name1) is not None:
-            report.cached += 1
-            continue
-        try:
-            image0, scale0 = get_image(name0)
-            image1, scale1 = get_image(name1)
-        except (ValueError, OSError) as err:
-            report.failed[(name0, name1)] = str(err)
-            continue
-        if model is None:
-            model = matcher()
-        cache.save(name0, name1, match_pair(model, image0, image1, scale0, scale1))
-        report.matched += 1
+    done = set() if overwrite else {p for p in todo if cache.load(*p) is not None}
+    report.cached = len(done)
+    if done:
+        logger.info("resuming: %d/%d pairs done", len(done), len(todo))
+    if model is None and len(done) < len(todo):
+        model = matcher()  # before the progress bar, so that what building logs stays out of it
+    with tqdm(total=len(todo), initial=len(done), desc="matching pairs", unit="pair", disable=not progress) as bar:
+        for name0, name1 in todo:
+            if (name0, name1) in done:
+                continue
+            try:
+                image0, scale0 = get_image(name0)
+                image1, scale1 = get_image(name1)
+            except (ValueError, OSError) as err:
+                report.failed[(name0, name1)] = str(err)
+                bar.update(1)
+                continue
+            cache.save(name0, name1, match_pair(model, image0, image1, scale0, scale1))
+            report.matched += 1
+            bar.update(1)
     for name, reason in report.bad_images.items():
         logger.warning("skipped image %s: %s", name, reason)
     return report

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 
 @dataclass(frozen=True)
@@ -118,6 +117,8 @@ def assign_to_keypoints(points: np.ndarray, keypoints: np.ndarray, max_error: fl
     keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
     if len(points) == 0 or len(keypoints) == 0:
         return np.full(len(points), -1, dtype=np.int64)
+    from scipy.spatial import cKDTree
+
     distance, index = cKDTree(keypoints).query(points, k=1)
     index = np.asarray(index, dtype=np.int64)
     index[~(distance <= max_error + 1e-9)] = -1

@@ -1,4 +1,7 @@
-"""Pieces shared by the pipelines: pipeline configs, scanning an image folder, setting up a matcher."""
+"""Pieces shared by the pipelines: pipeline configs, scanning an image folder, setting up a matcher.
+
+Importing the pipelines does not import torch or pycolmap: the commands check their arguments first.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
-import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from asmamba_hloc.h5io import check_pair_keys_unique
 from asmamba_hloc.quantize import QuantizationConf
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("asmamba.pipelines")
 
@@ -27,21 +32,29 @@ def load_pipeline_config(
     """The shipped ``configs/pipelines/<name>.yaml``, updated by a user YAML file and ``key=value`` overrides.
 
     Raises:
-        ValueError: the user file or an override names a top-level key the shipped config does not have.
+        asmamba.config.ConfigError: the user file is missing or not a mapping, or it or an override names a
+            top-level key the shipped config does not have.
     """
-    from asmamba.config import configs_dir
+    from asmamba.config import ConfigError, configs_dir
 
     cfg = OmegaConf.load(configs_dir("pipelines") / f"{name}.yaml")
-    layers = [OmegaConf.load(config_path)] if config_path else []
+    layers = []
+    if config_path:
+        if not Path(config_path).is_file():
+            raise ConfigError(f"--config {str(config_path)!r} does not exist")
+        layer = OmegaConf.load(config_path)
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(f"--config {str(config_path)!r} must hold a mapping at the top level")
+        layers.append(layer)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value")
     if overrides:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     for layer in layers:
         unknown = sorted(set(layer.keys()) - set(cfg.keys()))
         if unknown:
-            raise ValueError(f"unknown {name} pipeline option(s) {unknown}; known: {sorted(cfg.keys())}")
+            raise ConfigError(f"unknown {name} pipeline option(s) {unknown}; known: {sorted(cfg.keys())}")
         cfg = OmegaConf.merge(cfg, layer)
     return cfg  # type: ignore[return-value]
 
@@ -55,6 +68,8 @@ def to_plain(cfg: Any) -> Any:
 
 def resolve_device(spec: Union[str, torch.device, None]) -> torch.device:
     """``"auto"``/None -> cuda if available else cpu; anything else as given."""
+    import torch
+
     if spec in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)

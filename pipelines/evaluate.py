@@ -186,6 +186,13 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     model = Path(args.sfm_dir)
     if (model / "sfm").is_dir():
         model = model / "sfm"
+    if not model.is_dir():
+        raise FileNotFoundError(f"model folder {str(args.sfm_dir)!r} does not exist")
+    if not any((model / f"images{ext}").is_file() for ext in (".bin", ".txt")):
+        raise FileNotFoundError(f"{str(model)!r} holds no COLMAP model (images.bin or images.txt); give "
+                                "reconstruct's OUT_DIR or a model folder")
+    if not Path(args.gt).exists():
+        raise FileNotFoundError(f"--gt {str(args.gt)!r} does not exist")
     report = align_and_compare(poses_from_colmap(model), load_gt_poses(args.gt))
     print(report.format())
     return 0
@@ -202,7 +209,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``asmamba evaluate-sfm``."""
     from .match import run_cli
 
-    return run_cli(_evaluate_command, argv, build_parser())
+    return run_cli(_evaluate_command, argv, build_parser(), resume_hint=None)
 
 
 if __name__ == "__main__":

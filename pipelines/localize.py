@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
+from asmamba.clitools import add_overrides, gather_overrides, rearm_sigterm, split_overrides
 from asmamba_hloc.h5io import read_keypoints, read_matches
 from asmamba_hloc.match_dense import DenseMatchCache, aggregate, match_pairs
 from asmamba_hloc.quantize import QuantizationConf
@@ -31,13 +32,11 @@ from .common import (
     load_pipeline_config,
     logger,
     matcher_tag,
-    parse_key_values,
     resolve_device,
     to_plain,
     write_json,
 )
 from .evaluate import Pose
-from .pairs import compute_descriptors, describer_for, pairs_from_descriptors
 
 QUERY_PREFIX = "query/"
 
@@ -125,6 +124,8 @@ def localize(
         out_dir: where the query features/matches and the match cache go (default ``SFM_DIR/localization``).
     """
     import pycolmap
+
+    from .pairs import compute_descriptors, describer_for, pairs_from_descriptors
 
     cfg = cfg if cfg is not None else load_pipeline_config("localize")
     root, run = find_model(sfm_dir)
@@ -230,15 +231,24 @@ def write_results(path: PathLike, results: Sequence[QueryResult]) -> None:
 
 
 def _localize_command(args: argparse.Namespace) -> int:
-    cfg = load_pipeline_config("localize", args.config, args.set)
+    from asmamba.io import check_output_file
+
+    from .match import matcher_conf_overrides
+
+    prog = "asmamba localize"
+    queries, positional = split_overrides([str(q) for q in args.queries])
+    overrides = gather_overrides(args, prog, positional + matcher_conf_overrides(args, prog))
+    cfg = load_pipeline_config("localize", args.config, overrides)
     for key, value in (("matcher", args.matcher), ("num_retrieved", args.num_retrieved)):
         if value is not None:
             cfg[key] = value
-    if args.matcher_conf:
-        cfg.matcher_conf = parse_key_values(args.matcher_conf)
-    results = localize(args.sfm_dir, args.queries, cfg, progress=not args.quiet)
     root, _ = find_model(args.sfm_dir)
+    query_names(queries)  # every query file exists, no two share a name
     out = args.out or root / "localization" / "results.txt"
+    if args.out:
+        check_output_file(out, "--out")
+    rearm_sigterm("pycolmap")  # checked: now the heavy part (pycolmap's glog would dump a stack on SIGTERM)
+    results = localize(args.sfm_dir, queries, cfg, progress=not args.quiet)
     write_results(out, results)
     write_json(Path(out).with_suffix(".json"), {
         r.name: {"localized": r.pose is not None, "num_inliers": r.num_inliers,
@@ -254,13 +264,15 @@ def _localize_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asmamba localize", description=__doc__.split("\n\n")[0])
     parser.add_argument("sfm_dir", type=Path, help="output folder of `asmamba reconstruct`")
-    parser.add_argument("queries", nargs="+", type=Path, help="query images")
+    parser.add_argument("queries", nargs="+", metavar="QUERY",
+                        help="query images, then any key=value overrides of configs/pipelines/localize.yaml "
+                             "(e.g. num_retrieved=10 min_num_inliers=20)")
     parser.add_argument("--matcher", default=None, help="default: the reconstruction's matcher")
-    parser.add_argument("--matcher-conf", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--matcher-conf", nargs="*", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
     parser.add_argument("--num-retrieved", type=int, default=None, help="database images matched per query")
     parser.add_argument("--out", type=Path, default=None, help="results file (default SFM_DIR/localization/results.txt)")
     parser.add_argument("--config", type=Path, default=None, help="YAML overriding configs/pipelines/localize.yaml")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    add_overrides(parser, "", positional=False)
     parser.add_argument("--quiet", action="store_true")
     return parser
 

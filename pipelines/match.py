@@ -9,7 +9,6 @@ OUT_DIR, then ``--merge`` once to quantise and write the two HDF5 files. Outputs
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,20 +27,23 @@ from asmamba_hloc.match_dense import (
     parse_shard,
 )
 
+from asmamba.clitools import add_overrides, gather_overrides, run_guarded, setup_logging
+
 from .common import (
     ImageScan,
     PathLike,
     lazy_matcher,
     load_pipeline_config,
     matcher_tag,
-    parse_key_values,
     quantization_for,
     resolve_device,
     scan_images,
     to_plain,
     write_json,
 )
-from .pairs import describer_for, make_pairs, write_pairs
+
+#: what a stopped matching run keeps (the stop message of match-dense, reconstruct and localize)
+RESUME_HINT = "the pairs matched so far are kept: run the same command again to resume"
 
 
 @dataclass
@@ -84,6 +86,8 @@ def run_matching(
         shard: ``(i, n)``: match only this share of the pairs and skip the merge.
         merge_only: match nothing; merge what the shards wrote (every pair must be cached).
     """
+    from .pairs import describer_for, make_pairs, write_pairs  # torch: only once the arguments are checked
+
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -135,47 +139,87 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``match-dense`` and ``reconstruct``."""
     parser.add_argument("images_dir", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("out_dir", type=Path, help="output folder (created; reruns resume in it)")
+    add_overrides(parser, "resize_max=640 pairs=sequential:5 matcher_conf.threshold=0.3; keys: "
+                          "configs/pipelines/reconstruct.yaml")
     parser.add_argument("--matcher", default=None,
                         help="asmamba | sift | xfeat | xfeat_lighterglue | disk_lightglue | aliked_lightglue | "
                              "module.path:factory (default from the config: asmamba)")
-    parser.add_argument("--matcher-conf", nargs="*", default=[], metavar="KEY=VALUE", help="matcher options")
+    parser.add_argument("--matcher-conf", nargs="*", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", default=None, help="exhaustive | sequential:K | retrieval:K | FILE")
-    parser.add_argument("--resize-max", type=int, default=None, help="longer image side fed to the matcher")
+    parser.add_argument("--resize-max", type=int, default=None,
+                        help="longer image side fed to the matcher (default 1024, from the config; the demo uses "
+                             "640: about 4x faster)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda")
     parser.add_argument("--overwrite", action="store_true", help="re-match pairs that are already done")
     parser.add_argument("--config", type=Path, default=None, help="YAML file overriding configs/pipelines/reconstruct.yaml")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (dotlist)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def config_from_args(args: argparse.Namespace, name: str = "reconstruct") -> DictConfig:
-    """The pipeline config with the command line's options applied."""
-    cfg = load_pipeline_config(name, args.config, args.set)
+def matcher_conf_overrides(args: argparse.Namespace, prog: str) -> list[str]:
+    """The deprecated ``--matcher-conf k=v`` as the dotlist overrides ``matcher_conf.k=v`` (with a note)."""
+    items = list(getattr(args, "matcher_conf", None) or [])
+    if items:
+        print(f"{prog}: note: --matcher-conf is deprecated; write matcher_conf.KEY=VALUE as a positional override",
+              file=sys.stderr)
+    for item in items:
+        if "=" not in item or not item.partition("=")[0]:
+            raise ValueError(f"--matcher-conf expects key=value, got {item!r}")
+    return [f"matcher_conf.{item}" for item in items]
+
+
+def check_pairs_spec(spec: str) -> None:
+    """``exhaustive``, ``sequential:K``, ``retrieval:K`` or an existing pairs file (checked without reading images).
+
+    Raises:
+        ValueError: none of these.
+    """
+    kind, _, arg = str(spec).partition(":")
+    if kind in ("sequential", "retrieval"):
+        if not arg.isdigit() or int(arg) < 1:
+            raise ValueError(f"pairs spec {spec!r}: write {kind}:K with an integer K >= 1, e.g. {kind}:5")
+    elif spec != "exhaustive" and not Path(spec).is_file():
+        raise ValueError(
+            f"pairs spec {spec!r} is neither 'exhaustive', 'sequential:K', 'retrieval:K' nor an existing pairs file"
+        )
+
+
+def config_from_args(args: argparse.Namespace, name: str = "reconstruct", prog: Optional[str] = None) -> DictConfig:
+    """The pipeline config with the command line's options applied; the image folder, the output folder and the
+    options are checked here, before anything heavy is imported.
+
+    Raises:
+        FileNotFoundError / ValueError / OSError: bad input, named in one line.
+    """
+    from asmamba.io import check_output_dir, list_images
+
+    prog = prog or f"asmamba {name}"
+    overrides = gather_overrides(args, prog, matcher_conf_overrides(args, prog))
+    cfg = load_pipeline_config(name, args.config, overrides)
     for key, value in (("matcher", args.matcher), ("pairs", args.pairs), ("resize_max", args.resize_max),
                        ("device", args.device), ("camera_mode", getattr(args, "camera_mode", None))):
         if value is not None:
             cfg[key] = value
-    if args.matcher_conf:
-        cfg.matcher_conf = parse_key_values(args.matcher_conf)
-    if args.resize_max is not None and args.resize_max < 32:
-        raise ValueError(f"--resize-max must be >= 32, got {args.resize_max}")
+    if cfg.resize_max is not None and int(cfg.resize_max) < 32:
+        raise ValueError(f"resize_max (--resize-max) must be >= 32, got {cfg.resize_max}")
+    list_images(args.images_dir)  # the folder exists and holds images
+    check_output_dir(args.out_dir, "output folder")
+    check_pairs_spec(str(cfg.pairs))
     return cfg
 
 
-def run_cli(command: Any, argv: Optional[Sequence[str]], parser: argparse.ArgumentParser) -> int:
-    """Parse ``argv``, run ``command(args)``, turn input errors into a one-line message (exit 2) instead of a trace."""
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        return int(command(args) or 0)
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run_cli(command: Any, argv: Optional[Sequence[str]], parser: argparse.ArgumentParser,
+            resume_hint: Optional[str] = RESUME_HINT) -> int:
+    """Parse ``argv`` and run ``command(args)``: bad input is one line ``PROG: error: ...`` (exit 2), Ctrl-C or
+    SIGTERM one line that says how to resume (exit 130 / 143), never a traceback."""
+    args = parser.parse_intermixed_args(argv)
+    setup_logging()
+    return run_guarded(parser.prog, lambda: command(args), resume_hint=resume_hint)
 
 
 def _match_command(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    out = run_matching(args.images_dir, args.out_dir, cfg, overwrite=args.overwrite, shard=parse_shard(args.shard),
+    cfg = config_from_args(args, prog="asmamba match-dense")
+    shard = parse_shard(args.shard)
+    out = run_matching(args.images_dir, args.out_dir, cfg, overwrite=args.overwrite, shard=shard,
                        merge_only=args.merge, progress=not args.quiet)
     m = out.matching
     print(f"{len(out.scan.names)} images, {len(out.pairs)} pairs: {m.matched} matched now, {m.cached} already done")

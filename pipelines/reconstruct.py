@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from asmamba.clitools import rearm_sigterm
 from asmamba_hloc.h5io import read_keypoints, read_matches
 
 from .common import PathLike, load_pipeline_config, to_plain, write_json
@@ -290,12 +292,13 @@ def reconstruct(
 
 
 def _reconstruct_command(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, prog="asmamba reconstruct")  # every argument and path checked: now the heavy part
+    rearm_sigterm("pycolmap")  # pycolmap's glog would print a native stack trace on SIGTERM
     try:
         _, summary = reconstruct(args.images_dir, args.out_dir, cfg, overwrite=args.overwrite,
                                  progress=not args.quiet, verbose=args.verbose)
     except ReconstructionError as err:
-        print(f"reconstruction failed: {err}")
+        print(f"asmamba reconstruct: reconstruction failed: {err}", file=sys.stderr)
         return 1
     print(summary.format())
     print(f"model: {args.out_dir / 'sfm'}  plot: {args.out_dir / 'reconstruction.png'}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,11 +127,53 @@ def test_registered_module_satisfies_dynamic_load(fake_hloc):
     assert {"config", "pretrained", "weights", "match_threshold", "max_num_matches"} <= set(Model.default_conf)
 
     assert "loftr" in match_dense.confs  # hloc's own entries stay
-    for name, cells in (("asmamba", (1, 1)), ("asmamba_aachen", (2, 8))):
+    for name, cells in (("asmamba", (1, 1)), ("asmamba_aachen", (2, 4))):
         conf = match_dense.confs[name]
         assert conf["model"]["name"] == "asmamba" and conf["output"].startswith("matches-")
         assert set(conf["preprocessing"]) == {"grayscale", "resize_max", "dfactor"}
         assert (conf["max_error"], conf["cell_size"]) == cells
+
+
+def _hloc_cell(x: np.ndarray, size: float) -> np.ndarray:
+    """hloc's match_dense cell of a point coordinate: ``round((x + 0.5) / size)`` (numpy rounds ties to even)."""
+    return np.round((np.asarray(x, np.float64) + 0.5) / size)
+
+
+def _hloc_scale(side: int, conf: dict) -> float:
+    """hloc's original/fed size ratio along one side of an image no larger than ``resize_max`` (not resized): the
+    side is rounded down to a multiple of ``dfactor`` (hloc's ImagePairDataset.preprocess)."""
+    pre = conf["preprocessing"]
+    assert side <= pre["resize_max"]
+    return side / (side // pre["dfactor"] * pre["dfactor"])
+
+
+@pytest.mark.parametrize("name", list(asmamba_hloc.CONFS))
+def test_quantisation_cells_are_centred_on_asmamba_cells(name):
+    """AS-Mamba's coarse keypoints are its 8 px cell centres, 8 i + 3.5 (kornia frame). Under hloc's own rule each
+    must land at the centre of a cell and of a max_error bin of its own: never on an edge, never two per cell."""
+    conf = asmamba_hloc.CONFS[name]
+    lattice = 8 * np.arange(128) + 3.5
+    for size in (max(conf["cell_size"], conf["max_error"]), int(conf["max_error"])):
+        cells = _hloc_cell(lattice, size)
+        assert len(np.unique(cells)) == len(lattice), f"{size} px cells merge AS-Mamba cells"
+        offset = (lattice + 0.5) / size - cells  # 0 at a cell centre, +-0.5 on an edge
+        np.testing.assert_allclose(offset, 0.0, atol=1e-9, err_msg=f"{size} px cells are not centred")
+    # ... which needs hloc to feed the image unscaled: 1024x683 (sacre_coeur, Strecha) is not a multiple of 8
+    for side in (1024, 683, 765):
+        assert _hloc_scale(side, conf) == 1.0, side
+
+
+def test_building_the_plugin_model_tunes_the_allocator(fake_hloc, monkeypatch):
+    from asmamba import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "tune_from_environment", lambda: calls.append(1) or True)
+    asmamba_hloc.register()
+    import hloc.matchers
+    from hloc.utils.base_model import dynamic_load
+
+    dynamic_load(hloc.matchers, "asmamba")({"name": "asmamba", "matcher": "marker_matcher:make"})
+    assert calls == [1]
 
 
 def _images(w0, h0, w1, h1):

@@ -146,7 +146,7 @@ def test_failed_initialisation_is_a_message_not_a_trace(scene, tmp_path, capsys)
     with pytest.raises(ReconstructionError, match=r"from 2 images: \d+ of 1 pairs have matches .* 0 pairs passed"):
         reconstruct(scene, tmp_path / "out", fast_cfg(), progress=False)
     assert reconstruct_cli.main([str(scene), str(tmp_path / "out2"), *FAST]) == 1
-    assert "reconstruction failed: COLMAP could not initialise" in capsys.readouterr().out
+    assert "asmamba reconstruct: reconstruction failed: COLMAP could not initialise" in capsys.readouterr().err
 
 
 def test_unknown_matcher_and_bad_options(scene, tmp_path, capsys):

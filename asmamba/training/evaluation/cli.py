@@ -33,11 +33,26 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
+def _check_paths(inputs: list, what: str, json_path: Optional[str]) -> None:
+    """Inputs exist and the JSON can be written, before a matcher is built."""
+    from asmamba.io import check_output_dir
+
+    for item in inputs:
+        if not Path(item).exists():
+            raise FileNotFoundError(f"{what} {str(item)!r} does not exist")
+    if json_path:
+        if Path(json_path).is_dir():
+            raise IsADirectoryError(f"--json {json_path!r} is a folder; give a file name")
+        check_output_dir(Path(json_path).parent, f"--json {json_path!r}: folder")  # created when missing
+
+
 def _run(prog: str, body: Callable[[], dict], markdown: Callable[[dict], str], json_path: Optional[str]) -> int:
     try:
         results = body()
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        from asmamba.clitools import one_line
+
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     print(markdown(results))
     if json_path:
@@ -70,6 +85,7 @@ def eval_pose_main(argv: Optional[list[str]] = None) -> int:
     def body() -> dict:
         from asmamba.training.evaluation.pose import evaluate_pose
 
+        _check_paths(args.pairs_files, "pairs file", args.json)
         sources: list = list(args.pairs_files)
         sources += _megadepth_sources(args)
         if args.scannet_index or args.scannet_root:
@@ -127,6 +143,7 @@ def eval_homography_main(argv: Optional[list[str]] = None) -> int:
     def body() -> dict:
         from asmamba.training.evaluation.homography import evaluate_homography
 
+        _check_paths(args.dirs, "folder", args.json)
         matcher = MATCHER_FACTORY(args.matcher, args.device)
         return evaluate_homography(
             matcher, args.dirs, resize_max=args.resize_max, device=args.device,
