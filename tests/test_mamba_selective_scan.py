@@ -1,8 +1,11 @@
-"""The selective scan against a step-by-step recurrence written here (float64 values and gradients)."""
+"""The selective scan against a step-by-step recurrence written here (float64 values and gradients): the PyTorch
+scan, the compiled CPU kernel (numba) and the backend choice."""
 
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import sys
 import types
 
@@ -267,7 +270,7 @@ def test_backend_uses_mamba_ssm_kernel_with_its_dtypes(fake_mamba_ssm):
     assert {call[k].dtype for k in ("A", "D", "delta_bias")} == {torch.float32}
     assert call["delta_softplus"] is True and call["return_last_state"] is True
     assert out.dtype == torch.float16 and last.shape == (2, 6, 3)
-    assert ss.backend_name("cuda") == "mamba_ssm" and ss.backend_name("cpu") == "pytorch"
+    assert ss.backend_name("cuda") == "mamba_ssm" and ss.backend_name("cpu") in ("numba", "pytorch")
     ss.prefer_mamba_ssm = False
     try:
         selective_scan(**inputs)
@@ -288,4 +291,162 @@ def test_backend_falls_back_on_import_error(monkeypatch):
     monkeypatch.setattr(ss, "_mamba_ssm_checked", False)
     monkeypatch.setattr(ss, "_mamba_ssm_fn", None)
     assert not ss.mamba_ssm_available()
-    assert ss.backend_name("cuda") == "pytorch" and ss.backend_name() in ("pytorch", "mamba_ssm")
+    assert ss.backend_name("cuda") == "pytorch" and ss.backend_name() in ("pytorch", "numba", "mamba_ssm")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the compiled CPU kernel (numba)
+# ----------------------------------------------------------------------------------------------------------------
+
+compiled = pytest.importorskip("asmamba.mamba.compiled_scan")
+needs_numba = pytest.mark.skipif(not compiled.available(), reason="numba is not importable here")
+
+
+@needs_numba
+@pytest.mark.parametrize("use_D,use_z,use_bias,softplus", OPTION_COMBOS)
+@pytest.mark.parametrize("layout", ["3d", "4d"])
+def test_compiled_scan_matches_naive_every_option(use_D, use_z, use_bias, softplus, layout):
+    groups = None if layout == "3d" else 3
+    # 150 steps: three of the backward's recompute segments, the last one partial
+    inputs = make_inputs(length=150, groups_B=groups, groups_C=groups, signed_delta=softplus)
+    assert inputs["u"].shape[-1] > 2 * compiled.SEGMENT
+    for name, used in (("D", use_D), ("z", use_z), ("delta_bias", use_bias)):
+        if not used:
+            del inputs[name]
+    check_against_naive(inputs, {"delta_softplus": softplus}, compiled.selective_scan_compiled)
+
+
+@needs_numba
+@pytest.mark.parametrize("length", [1, 2, 63, 64, 65, 128])
+@pytest.mark.parametrize("groups_B,groups_C", [(None, None), (2, None), (None, 3), (2, 3), (6, 6)])
+def test_compiled_scan_lengths_and_groups(length, groups_B, groups_C):
+    inputs = make_inputs(length=length, groups_B=groups_B, groups_C=groups_C)
+    check_against_naive(inputs, {"delta_softplus": True}, compiled.selective_scan_compiled)
+
+
+@needs_numba
+@pytest.mark.parametrize("batch,dim,groups", [(1, 24, 1), (3, 16, 4), (40, 4, 2)])
+def test_compiled_scan_task_splits(monkeypatch, batch, dim, groups):
+    """The backward's tasks are blocks of channels of one group: many per group (batch 1), one per group (batch
+    40), a last block shorter than the others (24 channels in blocks of 5)."""
+    monkeypatch.setattr(compiled, "TASKS_PER_THREAD", 5)
+    inputs = make_inputs(batch=batch, dim=dim, length=70, groups_B=groups, groups_C=groups)
+    check_against_naive(inputs, {"delta_softplus": True}, compiled.selective_scan_compiled)
+
+
+@needs_numba
+def test_compiled_scan_float32_and_low_precision():
+    inputs = make_inputs(batch=2, dim=32, n_state=16, length=300, dtype=torch.float64, signed_delta=False)
+    reference, _ = naive_scan(**inputs, delta_softplus=True)
+    for dtype, tol in ((torch.float32, 2e-5), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)):
+        low = {k: v.to(dtype) for k, v in inputs.items()}
+        out, last = compiled.selective_scan_compiled(**low, delta_softplus=True, return_last_state=True)
+        assert out.dtype == dtype and last.dtype == torch.float32
+        ref_low, _ = naive_scan(**{k: v.double() for k, v in low.items()}, delta_softplus=True)
+        torch.testing.assert_close(out.double(), ref_low, atol=tol, rtol=tol)
+    leaves = {k: v.float().requires_grad_(True) for k, v in inputs.items()}
+    ref_leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    compiled.selective_scan_compiled(**leaves, delta_softplus=True).square().sum().backward()
+    naive_scan(**ref_leaves, delta_softplus=True)[0].square().sum().backward()
+    for name in leaves:
+        grad, ref = leaves[name].grad.double(), ref_leaves[name].grad
+        torch.testing.assert_close(grad, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-3, msg=name)
+    assert torch.equal(reference, naive_scan(**inputs, delta_softplus=True)[0])
+
+
+@needs_numba
+def test_compiled_scan_large_decays_and_non_finite_inputs():
+    g = torch.Generator().manual_seed(3)
+    b, d, n, length = 2, 8, 4, 300
+    u, B, C = torch.randn(b, d, length, generator=g), torch.randn(b, n, length, generator=g), \
+        torch.randn(b, n, length, generator=g)
+    A = -torch.rand(d, n, generator=g) * 60.0
+    A[0] = -1e-3
+    # log-decays of -1000 per step: the decay underflows (raised to ~1e-38), the state is just the last input
+    huge = compiled.selective_scan_compiled(u, torch.full_like(u, 20.0), A - 50.0, B, C, return_last_state=True)[1]
+    torch.testing.assert_close(huge, 20.0 * u[:, :, -1, None] * B[:, None, :, -1], atol=1e-4, rtol=1e-5)
+    delta = torch.rand(b, d, length, generator=g) * 3.0
+    out = compiled.selective_scan_compiled(u, delta, A, B, C)
+    ref, _ = naive_scan(u.double(), delta.double(), A.double(), B.double(), C.double())
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+    delta[1, 2, 100] = float("nan")  # a NaN step stays visible downstream instead of vanishing
+    out = compiled.selective_scan_compiled(u, delta, A, B, C)
+    assert torch.isnan(out[1, 2, 100:]).all() and torch.isfinite(out[0]).all() and torch.isfinite(out[1, 3]).all()
+
+
+@needs_numba
+def test_compiled_exp_accuracy():
+    """The kernels' vectorisable exp against NumPy's float64 exp over the whole range of each precision."""
+    import numpy as np
+
+    from asmamba.mamba import _scan_kernels as kernels
+
+    for dtype, low, high, tol in ((np.float32, -87.0, 88.0, 4e-7), (np.float64, -708.0, 709.0, 3e-14)):
+        x = np.concatenate([np.linspace(low, high, 400_001), np.linspace(-1.0, 1.0, 10_001)]).astype(dtype)
+        out = np.empty_like(x)
+        kernels.exp_into(x, out)
+        truth = np.exp(x.astype(np.float64))
+        assert np.max(np.abs(out - truth) / truth) < tol, dtype
+        edges = np.array([np.nan, -np.inf, np.inf, 0.0, -1e5], dtype)
+        out = np.empty_like(edges)
+        kernels.exp_into(edges, out)
+        assert np.isnan(out[0]) and 0 < out[1] < 1e-37 and out[2] == np.inf and out[3] == 1 and 0 < out[4] < 1e-37
+
+
+@needs_numba
+def test_public_scan_uses_compiled_kernel_on_cpu(monkeypatch):
+    calls = []
+    real = compiled.selective_scan_compiled
+    monkeypatch.setattr(compiled, "selective_scan_compiled", lambda *a, **k: calls.append(1) or real(*a, **k))
+    inputs = make_inputs(length=9)
+    out = selective_scan(**inputs, delta_softplus=True)
+    assert calls == [1] and ss.backend_name("cpu") == "numba"
+    torch.testing.assert_close(out, naive_scan(**inputs, delta_softplus=True)[0], atol=1e-9, rtol=0)
+    monkeypatch.setattr(ss, "prefer_compiled", False)
+    selective_scan(**inputs, delta_softplus=True)
+    assert calls == [1] and ss.backend_name("cpu") == "pytorch"
+
+
+def test_scan_falls_back_to_pytorch_without_numba(monkeypatch):
+    import asmamba.mamba as package
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    monkeypatch.delitem(sys.modules, "asmamba.mamba._scan_kernels", raising=False)
+    if hasattr(package, "_scan_kernels"):
+        monkeypatch.delattr(package, "_scan_kernels")
+    monkeypatch.setattr(compiled, "_checked", False)
+    monkeypatch.setattr(compiled, "_kernels", None)
+    with pytest.warns(RuntimeWarning, match="compiled CPU selective scan is unavailable"):
+        assert not compiled.available()
+    assert "numba" in compiled.unavailable_reason() and ss.backend_name("cpu") == "pytorch"
+    inputs = make_inputs(length=9)
+    check_against_naive(inputs, {"delta_softplus": True}, selective_scan)
+    with pytest.raises(RuntimeError, match="numba is not importable"):
+        compiled.selective_scan_compiled(**inputs)
+
+
+def test_kernels_compile_without_a_writable_cache(tmp_path):
+    """Where numba finds no writable cache folder (a read-only install and home), the kernels still compile."""
+    import subprocess
+
+    (tmp_path / "no_locator.py").write_text(
+        "class NoLocator:\n"
+        "    @classmethod\n"
+        "    def from_function(cls, py_func, py_file):\n"
+        "        return None\n"
+    )
+    code = (
+        "import torch, numba.core.caching as c\n"
+        "from asmamba.mamba import compiled_scan\n"
+        "assert compiled_scan.available(), compiled_scan.unavailable_reason()\n"
+        "u = torch.randn(1, 2, 5, dtype=torch.float64)\n"
+        "out = compiled_scan.selective_scan_compiled(u, u.abs(), -torch.ones(2, 3, dtype=torch.float64),\n"
+        "    torch.ones(1, 3, 5, dtype=torch.float64), torch.ones(1, 3, 5, dtype=torch.float64))\n"
+        "print(float(out.sum()))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "no_locator.NoLocator",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env.pop("NUMBA_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert math.isfinite(float(proc.stdout.strip().splitlines()[-1]))

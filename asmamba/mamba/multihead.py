@@ -17,7 +17,7 @@ both modes have ``in_proj`` 2dE, ``conv1d`` E(d_conv + 1), ``x_proj`` E(R + 2N),
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,19 @@ from .mamba import (
 from .selective_scan import selective_scan
 
 HEAD_MODES = ("multi", "single")
+
+
+class ScanArgs(NamedTuple):
+    """The selective scan's inputs read out of one sequence by a :class:`MultiHeadMamba` (before the scan)."""
+
+    x: Tensor  # (B, E, L) the convolved, activated features: the scan's u
+    z: Tensor  # (B, E, L) the gate
+    delta: Tensor  # (B, E, L) step sizes before bias and softplus
+    A: Tensor  # (E, N)
+    B: Tensor  # (B, heads, N, L)
+    C: Tensor  # (B, heads, N, L)
+    D: Tensor  # (E,)
+    delta_bias: Tensor  # (E,)
 
 
 class SSMHead(nn.Module):
@@ -95,6 +108,12 @@ class MultiHeadMamba(nn.Module):
 
     def forward(self, hidden_states: Tensor) -> tuple[Tensor, ...]:
         """hidden_states: (B, L, d_model) -> one (B, L, out_dims[k]) tensor per stream; causal in L."""
+        a = self.scan_args(hidden_states)
+        y = selective_scan(a.x, a.delta, a.A, a.B, a.C, a.D, z=a.z, delta_bias=a.delta_bias, delta_softplus=True)
+        return self.read_out(y)
+
+    def scan_args(self, hidden_states: Tensor) -> ScanArgs:
+        """Everything before the selective scan: hidden_states (B, L, d_model) -> the scan's inputs."""
         check_sequence(hidden_states, self.d_model, "MultiHeadMamba")
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         x = F.silu(causal_conv(self.conv1d, x))
@@ -104,8 +123,37 @@ class MultiHeadMamba(nn.Module):
         B, C = torch.stack(Bs, dim=1), torch.stack(Cs, dim=1)  # (B, heads, N, L): head k drives its own channels
         D = torch.cat([at_least_float32(head.D) for head in self.heads])
         delta_bias = torch.cat([at_least_float32(head.dt_proj.bias) for head in self.heads])
-        y = selective_scan(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
+        return ScanArgs(x, z, delta, A, B, C, D, delta_bias)
+
+    def read_out(self, y: Tensor) -> tuple[Tensor, ...]:
+        """Everything after the selective scan: y (B, d_inner, L) -> one (B, L, out_dims[k]) tensor per stream."""
         outs = [head.out_proj(yh.transpose(1, 2)) for head, yh in zip(self.heads, y.chunk(len(self.heads), dim=1))]
         if self.mode == "single":
             return tuple(outs[0].split(self.out_dims, dim=-1))
         return tuple(outs)
+
+
+def grouped_forward(mambas: Sequence[MultiHeadMamba], inputs: Sequence[Tensor]) -> list[tuple[Tensor, ...]]:
+    """``[m(x) for m, x in zip(mambas, inputs)]`` with ONE selective scan for all of them.
+
+    Each module keeps its own weights; their scans are independent sequences, so their channels are stacked,
+    ``(B, K * d_inner, L)``, and their B/C heads become the groups of one scan, ``(B, K * heads, N, L)`` (channel
+    block k reads module k's heads only). The same numbers as the separate calls, in one larger call: the compiled
+    kernel runs all K * d_inner channels in parallel, and the per-call overheads are paid once.
+
+    Args:
+        mambas: K modules of one configuration (d_inner, heads, d_state).
+        inputs: K ``(B, L, d_model)`` sequences of one shape.
+    Returns:
+        one tuple of streams per module, as its ``forward`` gives.
+    """
+    if len(mambas) != len(inputs):
+        raise ValueError(f"grouped_forward: {len(mambas)} modules but {len(inputs)} inputs")
+    layouts = {(m.d_inner, len(m.heads), m.d_state) for m in mambas}
+    if len(layouts) != 1 or len({tuple(x.shape) for x in inputs}) != 1:
+        raise ValueError("grouped_forward: the modules must share d_inner, heads and d_state, and the inputs one shape")
+    args = [m.scan_args(x) for m, x in zip(mambas, inputs)]
+    x, z, delta, A, B, C, D, delta_bias = (torch.cat(parts, dim=0 if parts[0].dim() < 3 else 1)
+                                           for parts in zip(*args))
+    y = selective_scan(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)  # (B, K * E, L)
+    return [m.read_out(yk) for m, yk in zip(mambas, y.split(mambas[0].d_inner, dim=1))]

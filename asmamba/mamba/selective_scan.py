@@ -1,4 +1,5 @@
-"""Selective scan (the Mamba-1 S6 recurrence): an exact blocked PyTorch scan and mamba-ssm's CUDA kernel.
+"""Selective scan (the Mamba-1 S6 recurrence): mamba-ssm's CUDA kernel, a compiled CPU kernel, an exact blocked
+PyTorch scan.
 
 The recurrence, for every batch element b, channel d and state index n (``g(d)`` is the group of channel d)::
 
@@ -9,20 +10,24 @@ The recurrence, for every batch element b, channel d and state index n (``g(d)``
 
 This is the contract of mamba-ssm's ``selective_scan_fn`` / ``selective_scan_ref``.
 
-Two backends, chosen at run time by :func:`selective_scan`:
+Three backends, chosen at run time by :func:`selective_scan`:
 
 - ``"mamba_ssm"``: the fused CUDA kernel, used for CUDA tensors when ``mamba_ssm`` imports with its compiled
   extension (imported lazily, once) and the inputs are within the kernel's limits.
-- ``"pytorch"``: :func:`selective_scan_pytorch`, an exact scan written with PyTorch operations. The sequence is
-  walked block by block; a block of ``chunk_len * chunks_per_block`` steps is cut into chunks that are scanned side
-  by side (a Python loop over the ``chunk_len`` in-chunk steps, each operating on all chunks of the block), first
-  from zero to get every chunk's end state, then, after a short pass that carries the state from chunk to chunk,
-  again from the true chunk-start states to read the outputs. A block's decays and states are sized to stay in
-  cache. Only decays ``exp(delta * A)`` (<= 1 for A <= 0) and products of them are formed (never ``exp`` of a
-  cumulative sum with the wrong sign), so large ``delta * A`` underflows harmlessly instead of overflowing. A custom
-  backward runs the adjoint recurrence the same way, block by block in reverse, recomputing the states from the
-  chunk-start states that the forward keeps (L / chunk_len states; nothing of size (batch, dim, L, N) is kept or
-  built).
+- ``"numba"``: :func:`asmamba.mamba.compiled_scan.selective_scan_compiled`, the compiled CPU kernel (forward and
+  backward, parallel over batch and channels, vectorised over the state), used for CPU tensors when numba imports
+  (checked lazily, once). ``ASMAMBA_CPU_SCAN=pytorch`` in the environment, or :data:`prefer_compiled` = False,
+  selects the PyTorch scan instead.
+- ``"pytorch"``: :func:`selective_scan_pytorch`, the fallback on any device and the reference the compiled kernel
+  is tested against: an exact scan written with PyTorch operations. The sequence is walked block by block; a block
+  of ``chunk_len * chunks_per_block`` steps is cut into chunks that are scanned side by side (a Python loop over the
+  ``chunk_len`` in-chunk steps, each operating on all chunks of the block), first from zero to get every chunk's
+  end state, then, after a short pass that carries the state from chunk to chunk, again from the true chunk-start
+  states to read the outputs. A block's decays and states are sized to stay in cache. Only decays
+  ``exp(delta * A)`` (<= 1 for A <= 0) and products of them are formed (never ``exp`` of a cumulative sum with the
+  wrong sign), so large ``delta * A`` underflows harmlessly instead of overflowing. A custom backward runs the
+  adjoint recurrence the same way, block by block in reverse, recomputing the states from the chunk-start states
+  that the forward keeps (L / chunk_len states; nothing of size (batch, dim, L, N) is kept or built).
 
 :func:`selective_scan_reference` is the plain step-by-step loop, kept for tests and benchmarks.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Callable, Optional, Union
 
 import torch
@@ -40,9 +46,12 @@ from torch.autograd.function import once_differentiable
 
 BACKEND_PYTORCH = "pytorch"
 BACKEND_MAMBA_SSM = "mamba_ssm"
+BACKEND_NUMBA = "numba"
 
 # Set to False to force the PyTorch scan even where mamba-ssm's kernel is available (e.g. to compare the two).
 prefer_mamba_ssm: bool = True
+# Set to False (or ASMAMBA_CPU_SCAN=pytorch) to use the PyTorch scan on CPU even where the compiled kernel runs.
+prefer_compiled: bool = os.environ.get("ASMAMBA_CPU_SCAN", "").strip().lower() != "pytorch"
 
 # Blocking of the PyTorch scan: a block holds about `block_elements` state values (time steps x batch x dim x N), so
 # that its decays, states and adjoints stay in cache while the Python loops walk over it (see choose_blocking).
@@ -83,18 +92,28 @@ def mamba_ssm_available() -> bool:
     return _load_mamba_ssm() is not None
 
 
+def compiled_available() -> bool:
+    """True if the compiled CPU scan (numba) runs here; imports numba on the first call."""
+    from . import compiled_scan
+
+    return compiled_scan.available()
+
+
 def backend_name(device: Union[torch.device, str, None] = None) -> str:
     """Name of the backend :func:`selective_scan` uses for float32/float16/bfloat16 tensors on ``device``.
 
     Args:
         device: a device; None means the best device of this machine (CUDA if available).
     Returns:
-        ``"mamba_ssm"`` or ``"pytorch"``.
+        ``"mamba_ssm"``, ``"numba"`` or ``"pytorch"``.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.device(device).type == "cuda" and prefer_mamba_ssm and mamba_ssm_available():
+    kind = torch.device(device).type
+    if kind == "cuda" and prefer_mamba_ssm and mamba_ssm_available():
         return BACKEND_MAMBA_SSM
+    if kind == "cpu" and prefer_compiled and compiled_available():
+        return BACKEND_NUMBA
     return BACKEND_PYTORCH
 
 
@@ -540,7 +559,8 @@ def selective_scan(
     D: Optional[Tensor] = None, z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
     delta_softplus: bool = False, return_last_state: bool = False,
 ) -> ScanOutput:
-    """Selective scan with mamba-ssm's ``selective_scan_fn`` contract; CUDA kernel when available, else exact PyTorch.
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` contract: mamba-ssm's CUDA kernel for CUDA tensors when
+    it imports, the compiled kernel for CPU tensors when numba imports, else the exact PyTorch scan.
 
     Args:
         u: (batch, dim, L) input.
@@ -555,8 +575,8 @@ def selective_scan(
         return_last_state: also return the state after the last step.
     Returns:
         out: (batch, dim, L) in u's dtype; with ``return_last_state`` also last_state (batch, dim, N) in the
-        scan's float32/float64 precision. The PyTorch backend back-propagates through last_state as well;
-        mamba-ssm's kernel ignores its gradient.
+        scan's float32/float64 precision. The compiled and PyTorch backends back-propagate through last_state as
+        well; mamba-ssm's kernel ignores its gradient.
     Raises:
         TypeError/ValueError naming the argument for wrong types, shapes, complex A or mixed devices.
     """
@@ -575,6 +595,10 @@ def selective_scan(
                 None if delta_bias is None else delta_bias.float(),
                 delta_softplus, return_last_state,
             )
+    if u.device.type == "cpu" and prefer_compiled and compiled_available():
+        from .compiled_scan import selective_scan_compiled
+
+        return selective_scan_compiled(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_pytorch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 

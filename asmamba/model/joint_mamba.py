@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..mamba.multihead import MultiHeadMamba
+from ..mamba.multihead import MultiHeadMamba, grouped_forward
 from ..mamba.scans import JointScan
 from .encoder import LayerNorm2d
 
@@ -38,9 +38,14 @@ class JointMambaScan(nn.Module):
         out_dims: channels of each output stream, e.g. ``(c_match, c_geom)``.
         scan: ``"jego"`` or ``"hilbert"`` order of the joint canvas.
         heads: ``"multi"`` (one SSM head per stream) or ``"single"``.
+
+    The four direction Mambas (separate weights, ``mambas.0`` .. ``mambas.3``) run as one grouped selective scan
+    (:func:`asmamba.mamba.multihead.grouped_forward`); ``grouped_scan = False`` runs them one after another, with
+    the same results.
     """
 
     num_directions = 4
+    grouped_scan: bool = True
 
     def __init__(
         self, d_model: int, out_dims: tuple[int, ...], scan: str, heads: str,
@@ -66,7 +71,11 @@ class JointMambaScan(nn.Module):
         size = tuple(f0.shape[-2:])
         seq = self.scan.scan(f0, f1)  # (B, 4, d_model, L), L = h * w / 2
         seq = self.norm(seq.transpose(-1, -2))  # (B, 4, L, d_model)
-        per_dir = [self.mambas[k](seq[:, k]) for k in range(self.num_directions)]  # 4 x streams x (B, L, c_s)
+        directions = [seq[:, k] for k in range(self.num_directions)]
+        if self.grouped_scan:
+            per_dir = grouped_forward(self.mambas, directions)  # 4 x streams x (B, L, c_s)
+        else:
+            per_dir = [mamba(x) for mamba, x in zip(self.mambas, directions)]
         outputs = []
         for s, agg in enumerate(self.aggregators):
             stream = torch.stack([per_dir[k][s] for k in range(self.num_directions)], dim=1)  # (B, 4, L, c_s)
