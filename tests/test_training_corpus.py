@@ -301,7 +301,7 @@ def test_corpus_configs_read_a_built_corpus_split_by_scene(tmp_path, monkeypatch
         "pairs.min_shared=10", "synthetic.scenes=1", "synthetic.val_scenes=1", "synthetic.views=3",
         "synthetic.size=[96,64]", "synthetic.planes=3",
     ])
-    cfg.update(validation=["beta"], exclude=[], extra_scenes={}, extra_licences={})
+    cfg.update(validation=["beta"], exclude=[], no_sfm=[], extra_scenes={}, extra_licences={})
     stats = corpus.build(data / "corpus", tmp_path / "train", cfg, progress=False)
     assert [(r.scene, r.split, r.error) for r in stats] == [("alpha", "train", ""), ("beta", "val", "")]
     assert (data / "corpus" / "splits" / "train.txt").read_text() == "alpha\n"

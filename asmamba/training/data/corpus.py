@@ -306,8 +306,57 @@ def read_projection_cameras(
     return cameras
 
 
+def _halcon_values(path: Path) -> dict[str, float]:
+    """``name -> value`` of a HALCON camera parameter file (lines ``Name:short:\tvalue;``)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        parts = line.split(":")
+        if len(parts) == 3 and not line.startswith(("#", "\t", " ")) and parts[2].strip().endswith(";"):
+            try:
+                values[parts[0].strip()] = float(parts[2].strip().rstrip(";"))
+            except ValueError:
+                pass
+    return values
+
+
+def read_halcon_cameras(
+    folder: PathLike, image_dir: PathLike, source_size: Optional[Sequence[int]] = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Cameras of HALCON calibration files (the multi-view stereo benchmark of ``drewm1980``):
+    ``intrinsics_cameraNN.txt`` (Focus, Sx, Sy, Cx, Cy, ImageWidth, ImageHeight; distortion must be 0, the images
+    being undistorted) and ``extrinsics_cameraNN.txt`` (12 numbers, the row-major ``3x4`` camera-to-world pose) for
+    the image ``image_cameraNN.<ext>``, rescaled to the stored image files. ``source_size`` is unused (the files
+    state their size). HALCON puts pixel centres at integers; the returned ``K`` is in COLMAP's frame (+0.5)."""
+    import cv2
+
+    folder, image_dir = Path(folder), Path(image_dir)
+    cameras = {}
+    for name in list_images(image_dir, recursive=False):
+        tag = Path(name).stem.replace("image_", "")
+        intr, extr = folder / f"intrinsics_{tag}.txt", folder / f"extrinsics_{tag}.txt"
+        if not (intr.is_file() and extr.is_file()):
+            continue
+        v = _halcon_values(intr)
+        missing = [k for k in ("Focus", "Sx", "Sy", "Cx", "Cy", "ImageWidth", "ImageHeight") if k not in v]
+        if missing:
+            raise CorpusError(f"HALCON intrinsics {str(intr)!r} lack {missing}")
+        if any(v.get(f"Poly{k}", 0.0) != 0.0 for k in range(1, 6)):
+            raise CorpusError(f"HALCON intrinsics {str(intr)!r} have lens distortion; only undistorted images are read")
+        image = cv2.imread(str(image_dir / name), cv2.IMREAD_GRAYSCALE)
+        sx, sy = image.shape[1] / v["ImageWidth"], image.shape[0] / v["ImageHeight"]
+        K = np.array([[v["Focus"] / v["Sx"] * sx, 0, (v["Cx"] + 0.5) * sx],
+                      [0, v["Focus"] / v["Sy"] * sy, (v["Cy"] + 0.5) * sy], [0, 0, 1.0]])
+        cam_to_world = np.eye(4)
+        cam_to_world[:3, :4] = np.array([float(x) for x in extr.read_text().split()]).reshape(3, 4)
+        cameras[name] = (K, np.linalg.inv(cam_to_world))
+    if not cameras:
+        raise CorpusError(f"no intrinsics_/extrinsics_<camera>.txt pair in {str(folder)!r} matches an image of "
+                          f"{str(image_dir)!r}")
+    return cameras
+
+
 #: readers of a scene's ``source_cameras`` folder (``sfm.cameras`` of the build config)
-CAMERA_READERS = {"projection_matrices": read_projection_cameras}
+CAMERA_READERS = {"projection_matrices": read_projection_cameras, "halcon": read_halcon_cameras}
 
 
 def run_sfm(image_dir: Path, work_dir: Path, opts: Mapping[str, Any]) -> Path:
@@ -320,17 +369,19 @@ def run_sfm(image_dir: Path, work_dir: Path, opts: Mapping[str, Any]) -> Path:
         from asmamba.training.data.sfm_scene import known_camera_model
 
         reader = CAMERA_READERS.get(str(opts["cameras"]))
-        if reader is None or matcher != "colmap_sift" or not opts.get("source_size"):
-            raise CorpusError(f"sfm.cameras must be 'sfm' or one of {sorted(CAMERA_READERS)} (with colmap_sift and "
-                              f"source_size), got {opts['cameras']!r}")
+        if reader is None or matcher != "colmap_sift":
+            raise CorpusError(f"sfm.cameras must be 'sfm' or one of {sorted(CAMERA_READERS)} (with colmap_sift), "
+                              f"got {opts['cameras']!r}")
+        if reader is read_projection_cameras and not opts.get("source_size"):
+            raise CorpusError("sfm.cameras 'projection_matrices' needs sfm.source_size, the originals' (w, h)")
         cameras = reader(image_dir.parent / "source_cameras", image_dir, opts["source_size"])
         return known_camera_model(image_dir, work_dir, cameras, int(opts["num_threads"]),
-                                  opts.get("exhaustive_max_images"), int(opts["seed"]))
+                                  opts.get("exhaustive_max_images"), int(opts["seed"]), opts.get("peak_threshold"))
     if matcher == "colmap_sift":
         return colmap_sift_model(
             image_dir, work_dir, camera_mode=str(opts["camera_mode"]), camera_model=str(opts["camera_model"]),
             num_threads=int(opts["num_threads"]), exhaustive_max_images=opts.get("exhaustive_max_images"),
-            seed=int(opts["seed"]),
+            seed=int(opts["seed"]), peak_threshold=opts.get("peak_threshold"),
         )
     from asmamba.pipelines.common import load_pipeline_config
     from asmamba.pipelines.reconstruct import reconstruct
@@ -586,6 +637,11 @@ def build(
         print(f"synthetic scenes: {counts['train']} train / {counts['val']} val -> {synthetic}", flush=True)
     if "sfm" not in parts:
         return []
+    no_sfm = set(cfg.get("no_sfm") or [])
+    unknown = sorted(no_sfm - set(names))
+    if unknown:
+        raise CorpusError(f"no_sfm names {unknown}, which are not corpus scenes ({', '.join(names)})")
+    sources = [s for s in sources if s.name not in no_sfm]
     if scenes is not None:
         unknown = sorted(set(scenes) - set(names))
         if unknown:

@@ -155,7 +155,7 @@ def _images_by_size(image_dir: Path) -> dict[tuple[int, int], list[str]]:
 
 def _sift_database(
     image_dir: Path, database: Path, camera_mode: str, camera_model: str, num_threads: int,
-    exhaustive_max_images: Optional[int], sequential_overlap: int, seed: int,
+    exhaustive_max_images: Optional[int], sequential_overlap: int, seed: int, peak_threshold: Optional[float] = None,
 ) -> None:
     """A fresh COLMAP database of the folder's SIFT features and verified matches."""
     import pycolmap
@@ -165,6 +165,8 @@ def _sift_database(
     database.unlink(missing_ok=True)
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = num_threads
+    if peak_threshold is not None:
+        extraction.sift.peak_threshold = float(peak_threshold)
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
     if camera_mode == "per_size":  # one extraction per size, each sharing a single camera
@@ -198,6 +200,7 @@ def colmap_sift_model(
     exhaustive_max_images: Optional[int] = None,
     sequential_overlap: int = 10,
     seed: int = 0,
+    peak_threshold: Optional[float] = None,
 ) -> Path:
     """COLMAP's SIFT reconstruction of one folder; returns the largest model's folder.
 
@@ -208,6 +211,7 @@ def colmap_sift_model(
         exhaustive_max_images: match every pair up to this many images, else consecutive file names
             (``sequential_overlap`` neighbours each); None: always exhaustive.
         seed: seeds COLMAP's RANSAC and mapper.
+        peak_threshold: SIFT's detection threshold (None: COLMAP's 0.0067; lower finds more in dark images).
 
     Reruns reuse a finished model (``work_dir/models``, written by one rename). Raises RuntimeError when COLMAP
     builds no model and ValueError for an unknown camera mode.
@@ -223,7 +227,7 @@ def colmap_sift_model(
     work.mkdir(parents=True, exist_ok=True)
     database = work / "database.db"
     _sift_database(image_dir, database, camera_mode, camera_model, num_threads, exhaustive_max_images,
-                   sequential_overlap, seed)
+                   sequential_overlap, seed, peak_threshold)
     mapper = pycolmap.IncrementalPipelineOptions()
     mapper.num_threads = num_threads
     mapper.random_seed = seed
@@ -245,6 +249,7 @@ def known_camera_model(
     num_threads: int = -1,
     exhaustive_max_images: Optional[int] = None,
     seed: int = 0,
+    peak_threshold: Optional[float] = None,
 ) -> Path:
     """COLMAP's SIFT points triangulated from *given* cameras (no pose estimation); returns the model's folder.
 
@@ -253,7 +258,7 @@ def known_camera_model(
     Args:
         cameras: image name -> ``(K, T_world_to_cam)``: PINHOLE intrinsics ``(3, 3)`` of the image file in COLMAP's
             pixel frame (centres at +0.5) and the ``(4, 4)`` pose. Images without an entry stay unregistered.
-        num_threads, exhaustive_max_images, seed: as :func:`colmap_sift_model`.
+        num_threads, exhaustive_max_images, seed, peak_threshold: as :func:`colmap_sift_model`.
     Raises:
         ValueError: no image of the folder has a camera. RuntimeError: nothing could be triangulated.
     """
@@ -265,7 +270,8 @@ def known_camera_model(
         return _largest_model(models)
     work.mkdir(parents=True, exist_ok=True)
     database = work / "database.db"
-    _sift_database(image_dir, database, "per_image", "PINHOLE", num_threads, exhaustive_max_images, 10, seed)
+    _sift_database(image_dir, database, "per_image", "PINHOLE", num_threads, exhaustive_max_images, 10, seed,
+                   peak_threshold)
     db = pycolmap.Database.open(str(database))
     try:
         images = [im for im in db.read_all_images() if im.name in cameras]
