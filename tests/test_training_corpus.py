@@ -413,3 +413,30 @@ def test_interleave_takes_the_parts_in_turn():
     assert len(ds) == 6
     assert [ds[k]["source"] for k in range(6)] == ["a", "b", "c", "a", "c", "a"]
     assert ds[3]["pair_name"].startswith("skimage/camera#1a")  # the second item of part a
+
+
+def test_halcon_cameras_give_the_cameras_back(tmp_path):
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "cams").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "image_camera07.jpg"), np.zeros((819, 1024), np.uint8))
+    values = {"Focus": 0.0177, "Poly1": 0, "Sx": 5.3e-06, "Sy": 5.35e-06, "Cx": 643.5, "Cy": 499.0,
+              "ImageWidth": 1280, "ImageHeight": 1024}
+    text = "#\n# header\n\nParGroup: Camera: Parameter;\n\t\"Internal camera parameters\";\n\n"
+    text += "".join(f"{k}:{k.lower()}:\t{v};\n\tDOUBLE::;\n\t\"text: with colon\";\n\n" for k, v in values.items())
+    (tmp_path / "cams" / "intrinsics_camera07.txt").write_text(text)
+    R = cv2.Rodrigues(np.array([0.1, 2.0, -0.3]))[0]
+    centre = np.array([0.2, -0.01, 0.03])  # camera-to-world: the camera's rotation and centre
+    (tmp_path / "cams" / "extrinsics_camera07.txt").write_text(
+        " ".join(f"{x:.9f}" for x in np.concatenate([R, centre[:, None]], 1).ravel()) + " \n")
+    cams = corpus.read_halcon_cameras(tmp_path / "cams", tmp_path / "images")
+    K, T = cams["image_camera07.jpg"]
+    sx, sy = 1024 / 1280, 819 / 1024
+    np.testing.assert_allclose(K, [[0.0177 / 5.3e-06 * sx, 0, 644.0 * sx], [0, 0.0177 / 5.35e-06 * sy, 499.5 * sy],
+                                   [0, 0, 1]], rtol=1e-6)
+    np.testing.assert_allclose(T[:3, :3], R.T, atol=1e-8)
+    np.testing.assert_allclose(-T[:3, :3].T @ T[:3, 3], centre, atol=1e-8)  # the camera centre
+    (tmp_path / "cams" / "intrinsics_camera07.txt").write_text(text.replace("Poly1:poly1:\t0;", "Poly1:poly1:\t0.5;"))
+    with pytest.raises(CorpusError, match="lens distortion"):
+        corpus.read_halcon_cameras(tmp_path / "cams", tmp_path / "images")
