@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 from .allocator import tune_from_environment
-from .clitools import add_overrides, gather_overrides, run_guarded
+from .clitools import ArgumentParser, add_overrides, gather_overrides, run_guarded
 
 #: sub-command -> "module:function" taking ``argv`` and returning an exit code
 DELEGATED = {
@@ -62,6 +62,7 @@ EVAL_HELP = {
 #: what stopping a delegated command keeps, for its stop message
 RESUME_HINTS = {
     "train": "continue from the last checkpoint with the same command and --resume",
+    "bench": "finished measurements are kept: run the same command again to resume",
 }
 
 
@@ -156,12 +157,15 @@ def cmd_match(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
+    _check_model_args(args)
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+
     import torch
     from kornia.feature import LoFTR
 
     from .profile import median_latency_ms, stereo_pair
 
-    _check_model_args(args)
     torch.set_num_threads(args.threads)
     w, h = args.size
     pair = stereo_pair(h, w)
@@ -183,11 +187,12 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    _check_model_args(args)
+
     import torch
 
     from .profile import flops_per_component, parameter_counts, stereo_pair
 
-    _check_model_args(args)
     model = _build_model(args)
     w, h = args.size
     pair = stereo_pair(h, w)
@@ -217,7 +222,7 @@ def _scan_backend() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; delegated commands are listed with what they do and parse their own arguments."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="asmamba", description="AS-Mamba dense image matching: match, reconstruct, localize, train, evaluate.",
         epilog="'asmamba COMMAND --help' gives a command's options. Config overrides are positional key=value "
                "arguments (OmegaConf dotlist).")
@@ -291,6 +296,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog, target, rest = f"asmamba eval {argv[1]}", EVAL_COMMANDS[argv[1]], argv[2:]
     elif argv in (["eval"], ["bench"]):
         return _print_help_of(argv)
+    elif not argv:
+        build_parser().print_help()
+        return 2
     else:
         parser = build_parser()
         local = parser.get_default("local_parsers")

@@ -28,6 +28,14 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+|\[\d+\])*=")
 OVERRIDE_HELP = "config overrides, OmegaConf dotlist: key=value (e.g. {example})"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (``PROG: error: ... (see 'PROG --help')``, exit code 2) instead of the usage
+    block and the error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def is_override(token: str) -> bool:
     """Whether a command-line token is a ``key=value`` override rather than a path (an existing file wins)."""
     return bool(_OVERRIDE.match(token)) and not Path(token).exists()

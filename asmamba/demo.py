@@ -95,9 +95,9 @@ def _check_args(args: argparse.Namespace) -> Optional[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .clitools import run_guarded
+    from .clitools import ArgumentParser, run_guarded
 
-    parser = argparse.ArgumentParser(prog="asmamba demo", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="asmamba demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--matcher", default=None,
                         help="matcher name (default: asmamba with the shipped weights, else xfeat)")
     parser.add_argument("--images", default=None, help="folder to reconstruct (default: the shared sacre_coeur)")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 import asmamba  # noqa: F401  (registers KF.ASMamba once kornia.feature is imported)
-from asmamba.clitools import run_guarded, split_overrides
+from asmamba.clitools import ArgumentParser, run_guarded, split_overrides
 from asmamba.io import check_input_file, check_output_dir, data_root, image_to_tensor, load_image, resize_max
 
 if TYPE_CHECKING:  # torch and kornia load after the arguments are checked
@@ -104,7 +104,7 @@ def write_png(image: torch.Tensor, path: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="stitch_panorama.py", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="stitch_panorama.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="*", metavar="LEFT RIGHT | KEY=VALUE",
                         help="two overlapping photos, left to right (or none), then any model config overrides "
                              "for --matcher asmamba, e.g. coarse.threshold=0.3")

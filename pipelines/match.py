@@ -27,7 +27,7 @@ from asmamba_hloc.match_dense import (
     parse_shard,
 )
 
-from asmamba.clitools import add_overrides, gather_overrides, run_guarded, setup_logging
+from asmamba.clitools import ArgumentParser, add_overrides, gather_overrides, run_guarded, setup_logging
 
 from .common import (
     ImageScan,
@@ -235,7 +235,7 @@ def _match_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asmamba match-dense", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="asmamba match-dense", description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
     parser.add_argument("--shard", default=None, metavar="I/N", help="match only the I-th of N shares of the pairs")
     parser.add_argument("--merge", action="store_true", help="only merge the shards into features.h5 + matches.h5")

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
+from asmamba.clitools import ArgumentParser
 from asmamba.training.evaluation.common import build_named_matcher, write_json_atomic
 
 #: how the runners build a matcher from ``--matcher NAME`` (tests may substitute their own)
@@ -62,7 +63,7 @@ def _run(prog: str, body: Callable[[], dict], markdown: Callable[[dict], str], j
 
 def eval_pose_main(argv: Optional[list[str]] = None) -> int:
     """Relative-pose evaluation (``asmamba eval pose --help``)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="asmamba eval pose",
         description="Relative-pose AUC@5/10/20 (OpenCV RANSAC and poselib LO-RANSAC), matching precision, "
         "matches and latency of a matcher on SuperGlue pairs files and MegaDepth/ScanNet test indices.",
@@ -129,7 +130,7 @@ def _megadepth_sources(args: argparse.Namespace) -> list:
 
 def eval_homography_main(argv: Optional[list[str]] = None) -> int:
     """Homography evaluation (``asmamba eval homography --help``)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="asmamba eval homography",
         description="Homography AUC@3/5/10 px (OpenCV RANSAC and poselib LO-RANSAC), matches and latency of a "
         "matcher on HPatches-, VGG- or CMP-layout folders (or folders of such sequences).",
