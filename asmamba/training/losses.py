@@ -33,12 +33,13 @@ def focal_loss_dual_softmax(
     pos = (gt > 0.5) & valid
     neg = (gt <= 0.5) & valid
     loss = conf.new_zeros(())
-    if pos.any():
+    if pos.any():  # few: gather them
         pp = p[pos]
         loss = loss + pos_weight * (-alpha * (1 - pp) ** gamma * pp.log()).mean()
-    if neg.any():
-        pn = p[neg]
-        loss = loss + neg_weight * (-alpha * pn**gamma * (1 - pn).log()).mean()
+    n_neg = neg.sum()
+    if n_neg > 0:  # almost every pair: a masked sum over the matrix, no gather of ~L^2 values
+        term = p.pow(gamma) * torch.log1p(-p)
+        loss = loss + neg_weight * (-alpha) * torch.where(neg, term, torch.zeros_like(term)).sum() / n_neg
     return loss
 
 
