@@ -36,6 +36,11 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def summary(doc: str) -> str:
+    """A module docstring's first paragraph as a command's ``--help`` description (without reST quotes)."""
+    return doc.split("\n\n")[0].replace("``", "'")
+
+
 def is_override(token: str) -> bool:
     """Whether a command-line token is a ``key=value`` override rather than a path (an existing file wins)."""
     return bool(_OVERRIDE.match(token)) and not Path(token).exists()

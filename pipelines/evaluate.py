@@ -199,9 +199,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from asmamba.clitools import ArgumentParser
+    from asmamba.clitools import ArgumentParser, summary
 
-    parser = ArgumentParser(prog="asmamba evaluate-sfm", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="asmamba evaluate-sfm", description=summary(__doc__))
     parser.add_argument("sfm_dir", type=Path, help="reconstruct's OUT_DIR or a COLMAP model folder")
     parser.add_argument("--gt", type=Path, required=True, help="SuperGlue pairs file or COLMAP model folder")
     return parser

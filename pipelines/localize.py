@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from asmamba.clitools import ArgumentParser, add_overrides, gather_overrides, rearm_sigterm, split_overrides
+from asmamba.clitools import (ArgumentParser, add_overrides, gather_overrides, rearm_sigterm, split_overrides,
+                              summary)
 from asmamba_hloc.h5io import read_keypoints, read_matches
 from asmamba_hloc.match_dense import DenseMatchCache, aggregate, match_pairs
 from asmamba_hloc.quantize import QuantizationConf
@@ -262,7 +263,7 @@ def _localize_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="asmamba localize", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="asmamba localize", description=summary(__doc__))
     parser.add_argument("sfm_dir", type=Path, help="output folder of `asmamba reconstruct`")
     parser.add_argument("queries", nargs="+", metavar="QUERY",
                         help="query images, then any key=value overrides of configs/pipelines/localize.yaml "

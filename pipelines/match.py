@@ -27,7 +27,7 @@ from asmamba_hloc.match_dense import (
     parse_shard,
 )
 
-from asmamba.clitools import ArgumentParser, add_overrides, gather_overrides, run_guarded, setup_logging
+from asmamba.clitools import ArgumentParser, add_overrides, gather_overrides, run_guarded, setup_logging, summary
 
 from .common import (
     ImageScan,
@@ -139,7 +139,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``match-dense`` and ``reconstruct``."""
     parser.add_argument("images_dir", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("out_dir", type=Path, help="output folder (created; reruns resume in it)")
-    add_overrides(parser, "resize_max=640 pairs=sequential:5 matcher_conf.threshold=0.3; keys: "
+    add_overrides(parser, "resize_max=640 pairs=sequential:5 quantization.dense.cell_size=12.8; keys: "
                           "configs/pipelines/reconstruct.yaml")
     parser.add_argument("--matcher", default=None,
                         help="asmamba | sift | xfeat | xfeat_lighterglue | disk_lightglue | aliked_lightglue | "
@@ -235,7 +235,7 @@ def _match_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="asmamba match-dense", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="asmamba match-dense", description=summary(__doc__))
     add_common_arguments(parser)
     parser.add_argument("--shard", default=None, metavar="I/N", help="match only the I-th of N shares of the pairs")
     parser.add_argument("--merge", action="store_true", help="only merge the shards into features.h5 + matches.h5")

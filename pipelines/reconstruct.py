@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from asmamba.clitools import ArgumentParser, rearm_sigterm
+from asmamba.clitools import ArgumentParser, rearm_sigterm, summary
 from asmamba_hloc.h5io import read_keypoints, read_matches
 
 from .common import PathLike, load_pipeline_config, to_plain, write_json
@@ -306,7 +306,7 @@ def _reconstruct_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="asmamba reconstruct", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="asmamba reconstruct", description=summary(__doc__))
     add_common_arguments(parser)
     parser.add_argument("--camera-mode", default=None, choices=sorted(CAMERA_MODES),
                         help="COLMAP camera sharing (default auto)")
