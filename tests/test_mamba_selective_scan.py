@@ -325,12 +325,18 @@ def test_compiled_scan_lengths_and_groups(length, groups_B, groups_C):
 
 
 @needs_numba
-@pytest.mark.parametrize("batch,dim,groups", [(1, 24, 1), (3, 16, 4), (40, 4, 2)])
-def test_compiled_scan_task_splits(monkeypatch, batch, dim, groups):
-    """The backward's tasks are blocks of channels of one group: many per group (batch 1), one per group (batch
-    40), a last block shorter than the others (24 channels in blocks of 5)."""
-    monkeypatch.setattr(compiled, "TASKS_PER_THREAD", 5)
-    inputs = make_inputs(batch=batch, dim=dim, length=70, groups_B=groups, groups_C=groups)
+@pytest.mark.parametrize("dim,groups,width", [(24, 1, 5), (24, 1, 24), (16, 4, 3), (12, 2, 16), (7, 1, 2)])
+def test_compiled_scan_channel_blocks(monkeypatch, dim, groups, width):
+    """A task is a block of channels of one group: several blocks per group, blocks of unequal widths, one block
+    per group, one channel per block."""
+    monkeypatch.setattr(compiled, "WIDTH", width)
+    blocks = compiled.channel_blocks(dim, groups, width)
+    per_group = dim // groups
+    assert blocks[0, 0] == 0 and blocks[-1, 1] == dim and (blocks[1:, 0] == blocks[:-1, 1]).all()
+    assert ((blocks[:, 1] - blocks[:, 0]) <= width).all() and (blocks[:, 1] > blocks[:, 0]).all()
+    assert ((blocks[:, 0] // per_group) == ((blocks[:, 1] - 1) // per_group)).all()  # never across groups
+    assert len(blocks) % groups == 0
+    inputs = make_inputs(batch=3, dim=dim, length=70, groups_B=groups, groups_C=groups)
     check_against_naive(inputs, {"delta_softplus": True}, compiled.selective_scan_compiled)
 
 
@@ -391,6 +397,24 @@ def test_compiled_exp_accuracy():
         out = np.empty_like(edges)
         kernels.exp_into(edges, out)
         assert np.isnan(out[0]) and 0 < out[1] < 1e-37 and out[2] == np.inf and out[3] == 1 and 0 < out[4] < 1e-37
+
+
+@needs_numba
+def test_compiled_softplus_accuracy():
+    """The kernels' softplus against torch's (threshold 20) in float64, and a NaN stays NaN."""
+    import numpy as np
+
+    from asmamba.mamba import _scan_kernels as kernels
+
+    for dtype, tol in ((np.float32, 5e-7), (np.float64, 1e-14)):
+        x = np.concatenate([np.linspace(-80.0, 30.0, 200_001), np.linspace(-3.0, 3.0, 10_001)]).astype(dtype)
+        out = np.empty_like(x)
+        kernels.softplus_into(x, out)
+        truth = torch.nn.functional.softplus(torch.from_numpy(x.astype(np.float64))).numpy()
+        assert np.max(np.abs(out - truth) / truth) < tol, dtype
+        nan = np.array([np.nan], dtype)
+        kernels.softplus_into(nan, nan)
+        assert np.isnan(nan[0])
 
 
 @needs_numba

@@ -1,12 +1,13 @@
 """The compiled CPU selective scan: mamba-ssm's ``selective_scan_fn`` contract, forward and backward, in numba.
 
 :func:`selective_scan_compiled` runs the recurrence of :mod:`asmamba.mamba.selective_scan` with the kernels of
-:mod:`asmamba.mamba._scan_kernels`: one task per (batch, channel) sequence in the forward (per batch item and block
-of channels of one B/C group in the backward), spread over ``torch.get_num_threads()`` threads, each step
-vectorised over the N states. The step sizes (bias, softplus) and the gate ``silu(z)`` are element-wise torch
-operations around the kernels; the forward keeps the state entering every ``SEGMENT`` steps when a gradient is
-needed, and the backward recomputes each segment's states from it (L / SEGMENT states per channel, never the
-(batch, dim, L, N) tensor of all states).
+:mod:`asmamba.mamba._scan_kernels`: one task per batch item and block of ``WIDTH`` channels of one B/C group, tasks
+spread over ``torch.get_num_threads()`` threads, each step vectorised over the block's channels (and looping over
+the N states). Bias, softplus, skip and gate are computed inside the kernels, forward and backward. The tensors
+are read time-major, (batch, L, dim), the layout in which the Mamba layers produce them (a channel-major input is
+copied once). The forward keeps the state entering every ``SEGMENT`` steps when a gradient is needed; the backward
+recomputes each segment's states from it (L / SEGMENT states per channel, never the (batch, dim, L, N) tensor of
+all states).
 
 numba is imported, and the kernels compiled or loaded from numba's on-disk cache, on the first CPU scan
 (:func:`available`); the first process after an install or an upgrade pays the compilation (tens of seconds for
@@ -16,23 +17,24 @@ float32 and float64, forward and backward), later ones load the cache. Without n
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import warnings
 from types import ModuleType
 from typing import Optional
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .selective_scan import ScanOutput, _as_groups, _check_inputs, _compute_dtype
 
-#: steps between the states the forward keeps for the backward (its recompute buffers are SEGMENT x N per task)
-SEGMENT = 64
-#: the backward aims at this many tasks per thread (more: better balance, more partial sums of dB and dC)
-TASKS_PER_THREAD = 8
+#: channels of one task, the width of the kernels' vector loops (16 float32 values: one AVX-512 register)
+WIDTH = 16
+#: steps between the states the forward keeps for the backward (its recompute buffers are SEGMENT x N x WIDTH)
+SEGMENT = 32
 
 _kernels: Optional[ModuleType] = None
 _checked = False
@@ -80,17 +82,30 @@ def _np(t: Tensor):
     return t.detach().numpy()
 
 
-def _softplus_grad(raw: Tensor) -> Tensor:
-    """d softplus(x) / dx with torch's threshold (softplus(x) = x above 20)."""
-    return torch.where(raw > 20, torch.ones_like(raw), torch.sigmoid(raw))
+def _time_major(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """(b, d, L) -> contiguous (b, L, d) in ``dtype``: a view when x is time-major in memory already."""
+    return x.to(dtype).transpose(1, 2).contiguous()
 
 
-def _ungroup(grad: Tensor, like: Tensor) -> Tensor:
-    """(b, G, L, N) gradient of the grouped, time-major B or C -> the layout and groups of ``like``."""
+@functools.lru_cache(maxsize=64)
+def channel_blocks(dim: int, groups: int, width: int) -> np.ndarray:
+    """(P, 2) [first, end) channels of the kernels' blocks: every group cut into the same number of near-equal
+    blocks of at most ``width`` channels, in channel order (block j belongs to group j // (P / groups))."""
+    per_group = dim // groups
+    pieces = math.ceil(per_group / width)
+    size = math.ceil(per_group / pieces)
+    rows = [(g * per_group + i * size, min(g * per_group + (i + 1) * size, (g + 1) * per_group))
+            for g in range(groups) for i in range(pieces)]
+    blocks = np.array(rows, dtype=np.int64)
+    blocks.setflags(write=False)
+    return blocks
+
+
+def _ungroup(grad: Tensor, groups_of: int, dims: int, dtype: torch.dtype) -> Tensor:
+    """(b, G, L, N) gradient of the grouped, time-major B or C -> (b, N, L) or (b, groups_of, N, L) in ``dtype``."""
     batch, groups, length, n_state = grad.shape
-    own = like.shape[1] if like.dim() == 4 else 1
-    grad = grad.reshape(batch, own, groups // own, length, n_state).sum(2).transpose(-1, -2)
-    return (grad if like.dim() == 4 else grad[:, 0]).to(like.dtype)
+    grad = grad.reshape(batch, groups_of, groups // groups_of, length, n_state).sum(2).transpose(-1, -2)
+    return (grad if dims == 4 else grad[:, 0]).to(dtype)
 
 
 class _CompiledSelectiveScan(torch.autograd.Function):
@@ -104,68 +119,67 @@ class _CompiledSelectiveScan(torch.autograd.Function):
         batch, dim, length = u.shape
         n_state = A.shape[1]
         groups = math.lcm(*(t.shape[1] if t.dim() == 4 else 1 for t in (B, C)))
-        raw = delta.to(dtype)
-        if delta_bias is not None:
-            raw = raw + delta_bias.to(dtype)[:, None]
-        dt = F.softplus(raw) if delta_softplus else raw  # (b, d, L)
-        u_, A_ = u.to(dtype).contiguous(), A.to(dtype).contiguous()
-        dt = dt.contiguous()
-        D_ = D.to(dtype).contiguous() if D is not None else u_.new_zeros(dim)
+        blocks = channel_blocks(dim, groups, WIDTH)
+        u_t, delta_t = _time_major(u, dtype), _time_major(delta, dtype)  # (b, L, d)
+        z_t = _time_major(z, dtype) if z is not None else u_t.new_empty((0, 0, 0))
+        bias = delta_bias.to(dtype).contiguous() if delta_bias is not None else u_t.new_zeros(dim)
+        D_ = D.to(dtype).contiguous() if D is not None else u_t.new_zeros(dim)
+        A_T = A.to(dtype).t().contiguous()  # (N, d)
         Bt = _as_groups(B.to(dtype), groups).transpose(-1, -2).contiguous()  # (b, G, L, N)
         Ct = _as_groups(C.to(dtype), groups).transpose(-1, -2).contiguous()
         keep = any(ctx.needs_input_grad[:8])
-        starts = u_.new_empty((batch, dim, math.ceil(length / SEGMENT) if keep else 0, n_state))
-        y = u_.new_empty((batch, dim, length))  # y + D u
-        last = u_.new_empty((batch, dim, n_state))
+        n_kept = math.ceil(length / SEGMENT) if keep else 0
+        starts = u_t.new_empty((batch, len(blocks), n_kept, n_state, WIDTH))
+        out_t = u_t.new_empty((batch, length, dim))
+        last = u_t.new_empty((batch, dim, n_state))
         with _launch:
             _threads()
-            kernels.scan_forward(_np(u_), _np(dt), _np(A_), _np(Bt), _np(Ct), _np(D_), _np(y), _np(last),
-                                 _np(starts), SEGMENT)
-        out = y * F.silu(z.to(dtype)) if z is not None else y
+            kernels.scan_forward(_np(u_t), _np(delta_t), _np(bias), _np(A_T), _np(Bt), _np(Ct), _np(D_), _np(z_t),
+                                 blocks, bool(delta_softplus), _np(out_t), _np(last), _np(starts), SEGMENT)
         if keep:
-            ctx.save_for_backward(u_, raw, A_, Bt, Ct, D_, z, y if z is not None else None, starts, B, C,
-                                  D, delta_bias, delta, A, u)
-            ctx.delta_softplus = delta_softplus
+            ctx.save_for_backward(u_t, delta_t, bias, A_T, Bt, Ct, D_, z_t, starts)
+            ctx.delta_softplus = bool(delta_softplus)
+            ctx.layout = {name: (t.dim(), t.shape[1] if t.dim() == 4 else 1) for name, t in (("B", B), ("C", C))}
+            ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
         ctx.set_materialize_grads(False)
-        return out.to(u.dtype), last
+        return out_t.transpose(1, 2).to(u.dtype), last  # (b, d, L), time-major in memory
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Optional[Tensor], grad_last: Optional[Tensor]):
-        (u_, raw, A_, Bt, Ct, D_, z, y, starts, B, C, D, delta_bias, delta, A, u) = ctx.saved_tensors
+        u_t, delta_t, bias, A_T, Bt, Ct, D_, z_t, starts = ctx.saved_tensors
         kernels = _load()
-        dtype = u_.dtype
-        batch, dim, length = u_.shape
-        groups, n_state = Bt.shape[1], A_.shape[1]
-        per_group = dim // groups
-        grad_out = torch.zeros_like(u_) if grad_out is None else grad_out.to(dtype)
-        grad_z = None
-        if z is not None:
-            z_ = z.to(dtype)
-            gate = torch.sigmoid(z_)
-            grad_z = (grad_out * y * gate * (1 + z_ * (1 - gate))).to(z.dtype)
-            grad_out = grad_out * z_ * gate  # gradient of y + D u
-        grad_out = grad_out.contiguous()
-        grad_last = (u_.new_zeros((batch, dim, n_state)) if grad_last is None
+        dtype = u_t.dtype
+        batch, length, dim = u_t.shape
+        groups, n_state = Bt.shape[1], A_T.shape[0]
+        blocks = channel_blocks(dim, groups, WIDTH)
+        go_t = _time_major(grad_out, dtype) if grad_out is not None else torch.zeros_like(u_t)
+        grad_last = (u_t.new_zeros((batch, dim, n_state)) if grad_last is None
                      else grad_last.to(dtype).contiguous())
-        dt = F.softplus(raw) if ctx.delta_softplus else raw
-        parts = min(per_group, max(1, math.ceil(TASKS_PER_THREAD * torch.get_num_threads() / (batch * groups))))
-        block = math.ceil(per_group / parts)
-        parts = math.ceil(per_group / block)
-        du, d_dt = torch.empty_like(u_), torch.empty_like(u_)
-        dA = u_.new_empty((batch, dim, n_state))
-        dB = u_.new_zeros((batch, groups, parts, length, n_state))
-        dC = u_.new_zeros((batch, groups, parts, length, n_state))
+        du_t, d_delta_t = torch.empty_like(u_t), torch.empty_like(u_t)
+        dz_t = torch.empty_like(z_t)
+        dA = u_t.new_empty((batch, dim, n_state))
+        dB = u_t.new_empty((batch, len(blocks), length, n_state))
+        dC = u_t.new_empty((batch, len(blocks), length, n_state))
+        dD, d_bias = u_t.new_empty((batch, dim)), u_t.new_empty((batch, dim))
         with _launch:
             _threads()
-            kernels.scan_backward(_np(u_), _np(dt.contiguous()), _np(A_), _np(Bt), _np(Ct), _np(D_),
-                                  _np(grad_out), _np(grad_last), _np(starts), SEGMENT, block,
-                                  _np(du), _np(d_dt), _np(dA), _np(dB), _np(dC))
-        grad_delta = d_dt * _softplus_grad(raw) if ctx.delta_softplus else d_dt
-        grad_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        grad_D = (grad_out * u_).sum((0, 2)).to(D.dtype) if D is not None else None
-        return (du.to(u.dtype), grad_delta.to(delta.dtype), dA.sum(0).to(A.dtype), _ungroup(dB.sum(2), B),
-                _ungroup(dC.sum(2), C), grad_D, grad_z, grad_bias, None)
+            kernels.scan_backward(_np(u_t), _np(delta_t), _np(bias), _np(A_T), _np(Bt), _np(Ct), _np(D_), _np(z_t),
+                                  blocks, ctx.delta_softplus, _np(go_t), _np(grad_last), _np(starts), SEGMENT,
+                                  _np(du_t), _np(d_delta_t), _np(dz_t), _np(dA), _np(dB), _np(dC), _np(dD),
+                                  _np(d_bias))
+        t_u, t_delta, t_A, t_B, t_C, t_D, t_z, t_bias = ctx.dtypes
+        per_group = len(blocks) // groups
+
+        def group_sum(partial: Tensor, name: str, dtype_out: torch.dtype) -> Tensor:
+            dims, own = ctx.layout[name]
+            return _ungroup(partial.reshape(batch, groups, per_group, length, n_state).sum(2), own, dims, dtype_out)
+
+        return (du_t.transpose(1, 2).to(t_u), d_delta_t.transpose(1, 2).to(t_delta), dA.sum(0).to(t_A),
+                group_sum(dB, "B", t_B), group_sum(dC, "C", t_C),
+                dD.sum(0).to(t_D) if t_D is not None else None,
+                dz_t.transpose(1, 2).to(t_z) if t_z is not None else None,
+                d_bias.sum(0).to(t_bias) if t_bias is not None else None, None)
 
 
 def selective_scan_compiled(
