@@ -349,7 +349,8 @@ def test_per_size_camera_mode_shares_one_camera_per_image_size(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "images").mkdir()
     for name, (w, h) in {"a.jpg": (96, 64), "b.jpg": (96, 64), "c.jpg": (64, 96), "d.jpg": (96, 64)}.items():
-        cv2.imwrite(str(tmp_path / "images" / name), cv2.GaussianBlur((rng.random((h, w)) * 255).astype(np.uint8), (3, 3), 1))
+        noise = (rng.random((h, w)) * 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / "images" / name), cv2.GaussianBlur(noise, (3, 3), 1))
     for mode, expected in (("per_size", 2), ("auto", 4), ("single", 1)):
         db_path = tmp_path / f"{mode}.db"
         _sift_database(tmp_path / "images", db_path, mode, "SIMPLE_RADIAL", 1, None, 10, 0)
@@ -389,7 +390,8 @@ def test_projection_matrices_give_the_cameras_back(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (TRAIN_ROOT / "av_buddha" / "source_cameras").is_dir(), reason="shared training data not present")
+@pytest.mark.skipif(not (TRAIN_ROOT / "av_buddha" / "source_cameras").is_dir(),
+                    reason="shared training data not present")
 def test_known_cameras_register_a_scene_too_sparse_for_sfm(tmp_path):
     """av_buddha keeps 13 of 67 frames: incremental SfM registers 3; its source cameras register all 13, and the
     SIFT points triangulated from them reproject within a pixel (so the cameras were read right)."""

@@ -81,7 +81,8 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     ``homography_cpu``), a YAML path, a dict or a ``DictConfig``, with keyword overrides.
 
     ``type`` selects the class (``megadepth``, ``scannet``, ``homography``, or ``concat`` with a ``datasets``
-    list of such configs, or ``interleave``: the same, its parts' items taken in turn); ``repeat: n`` lists a dataset's items n times (to weight the parts of a concat);
+    list of such configs, or ``interleave``: the same, its parts' items taken in turn); ``repeat: n`` lists a
+    dataset's items n times (to weight the parts of a concat);
     ``source: name`` tags every item of the dataset with ``item["source"] = name`` (a per-source label for logs and
     validation); the other keys are its arguments. Values left ``???`` must come as overrides.
 

@@ -143,7 +143,8 @@ def discover_scenes(
         except ValueError:
             count = 0
         if count < min_images:
-            raise CorpusError(f"scene {name!r} has {count} image(s) in {str(folder)!r}; SfM needs at least {min_images}")
+            raise CorpusError(f"scene {name!r} has {count} image(s) in {str(folder)!r}; "
+                              f"SfM needs at least {min_images}")
         meta = tsv.get(name, {})
         licence = (extra_licences or {}).get(name) or meta.get("licence", "unknown")
         scenes.append(SceneSource(name, folder, count, licence, meta.get("repo", "")))
@@ -302,7 +303,8 @@ def read_projection_cameras(
         T[:3, :3], T[:3, 3] = R, -R @ C
         cameras[name] = (K, T)
     if not cameras:
-        raise CorpusError(f"no <image>_P.txt projection matrix in {str(folder)!r} matches an image of {str(image_dir)!r}")
+        raise CorpusError(f"no <image>_P.txt projection matrix in {str(folder)!r} matches an image of "
+                          f"{str(image_dir)!r}")
     return cameras
 
 
@@ -563,7 +565,9 @@ def link_homography_sources(out_dir: PathLike, scenes: Sequence[SceneSource], sp
     return counts
 
 
-def build_synthetic(out_dir: PathLike, textures: Mapping[str, Path], cfg: Mapping[str, Any], progress: bool = True) -> dict:
+def build_synthetic(
+    out_dir: PathLike, textures: Mapping[str, Path], cfg: Mapping[str, Any], progress: bool = True
+) -> dict:
     """Synthetic plane scenes under ``out_dir/train`` and ``out_dir/val`` (textures from each split's photos);
     a scene whose scene_info exists is skipped. Returns ``{split: scene count}``."""
     from tqdm import tqdm

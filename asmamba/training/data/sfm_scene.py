@@ -20,6 +20,8 @@ sparse_depth=True)`` reads it)::
 Command line: ``python -m asmamba.training.data.sfm_scene IMAGE_DIR OUT_DIR --scene NAME`` runs COLMAP's own SIFT
 reconstruction (pycolmap: SIFT, exhaustive matching, one shared camera, incremental mapping) in
 ``OUT_DIR/colmap/NAME`` and writes its largest model; ``--model SFM_DIR`` writes an existing COLMAP model instead.
+:func:`known_camera_model` triangulates SIFT points from given cameras instead of estimating them. The whole training
+corpus (every photo collection, binned pairs, split by scene) is :mod:`asmamba.training.data.corpus`.
 """
 
 from __future__ import annotations
@@ -284,11 +286,13 @@ def known_camera_model(
     for im in images:
         K, T = cameras[im.name]
         size = db_cameras[im.camera_id]
-        camera = pycolmap.Camera.create_from_model_name(im.camera_id, "PINHOLE", float(K[0, 0]), size.width, size.height)
+        camera = pycolmap.Camera.create_from_model_name(im.camera_id, "PINHOLE", float(K[0, 0]), size.width,
+                                                        size.height)
         camera.params = [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])]
         rec.add_camera_with_trivial_rig(camera)
         image = pycolmap.Image(name=im.name, camera_id=im.camera_id, image_id=im.image_id)
-        pose = pycolmap.Rigid3d(pycolmap.Rotation3d(np.asarray(T[:3, :3], np.float64)), np.asarray(T[:3, 3], np.float64))
+        R, t = np.asarray(T[:3, :3], np.float64), np.asarray(T[:3, 3], np.float64)
+        pose = pycolmap.Rigid3d(pycolmap.Rotation3d(R), t)
         rec.add_image_with_trivial_frame(image, pose)
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = num_threads
