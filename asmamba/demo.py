@@ -137,12 +137,15 @@ def _demo(args: argparse.Namespace) -> int:
 
     from .io import list_images, read_image
 
-    # dense matches merge into one keypoint per coarse cell: 8 px at the matched resolution, in original pixels
+    # Dense matches merge into one keypoint per coarse cell, 8 px at the matched resolution. The pipeline sizes the
+    # cells per image by default (quantization.dense.in_matched_pixels); the demo keeps the one scene-wide cell, from
+    # the first image, that made the README's numbers, so that they reproduce to the digit.
     long_side = max(read_image(images / list_images(images)[0], grayscale=True).shape)
     cell = 8.0 * max(1.0, long_side / args.resize_max)
     print(f"reconstructing {images} with {name} ...")
     return reconstruct_main([str(images), str(out / "sfm"), "--matcher", name, "--resize-max", str(args.resize_max),
-                             f"quantization.dense.cell_size={cell:.2f}", f"quantization.dense.max_error={cell / 2:.2f}"])
+                             "quantization.dense.in_matched_pixels=false", f"quantization.dense.cell_size={cell:.2f}",
+                             f"quantization.dense.max_error={cell / 2:.2f}"])
 
 
 if __name__ == "__main__":

@@ -280,6 +280,7 @@ def aggregate(
     exact_images: Iterable[str] = (),
     write_dense: bool = True,
     progress: bool = True,
+    image_confs: Optional[Mapping[str, QuantizationConf]] = None,
 ) -> AggregateReport:
     """Quantise the cached raw matches into keypoints and index matches; write hloc's two files (stage 2).
 
@@ -292,6 +293,8 @@ def aggregate(
             to ``features_path``.
         exact_images: images kept unquantised (every distinct matched point is a keypoint; localization queries).
         write_dense: also keep each pair's raw matches in the matches file, as hloc's match_dense does.
+        image_confs: per-image settings that replace ``conf`` for those images (e.g. cells that follow each image's
+            downscale factor); also the max error a fixed image's matched points are assigned with.
     """
     pairs = unique_pairs(pairs)
     names = sorted({n for p in pairs for n in p})
@@ -299,6 +302,11 @@ def aggregate(
     fixed = {k: np.asarray(v, np.float32).reshape(-1, 2) for k, v in (fixed_keypoints or {}).items()}
     exact = set(exact_images)
     exact_conf = QuantizationConf(cell_size=0.0, max_error=0.0, max_kps=None)
+    confs = dict(image_confs or {})
+
+    def conf_of(name: str) -> QuantizationConf:
+        return exact_conf if name in exact else confs.get(name, conf)
+
     _check_all_cached(cache, pairs)
 
     def raw(pair: Pair) -> DenseMatches:
@@ -323,7 +331,7 @@ def aggregate(
             chunks = observed.get(name, [])
             points = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros((0, 2), np.float32)
             scores = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0, np.float32)
-            kps, kp_scores = quantize_points(points, scores, exact_conf if name in exact else conf)
+            kps, kp_scores = quantize_points(points, scores, conf_of(name))
             keypoints[name] = kps
             size = None if image_sizes is None else image_sizes.get(name)
             write_features(fd, name, kps, kp_scores, size)
@@ -334,7 +342,7 @@ def aggregate(
         for pair in tqdm(pairs, desc="assigning matches", unit="pair", disable=not progress):
             matches = raw(pair)
             ids = [
-                assign_to_keypoints(points, keypoints[name], 0.0 if name in exact else conf.max_error)
+                assign_to_keypoints(points, keypoints[name], conf_of(name).max_error)
                 for name, points in zip(pair, (matches.keypoints0, matches.keypoints1))
             ]
             index_pairs, scores = unique_matches(ids[0], ids[1], matches.scores)

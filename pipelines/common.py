@@ -134,10 +134,32 @@ def is_sparse_matcher(name: str, cfg: Mapping[str, Any]) -> bool:
 
 
 def quantization_for(name: str, cfg: Mapping[str, Any]) -> QuantizationConf:
-    """The quantisation settings for this matcher (``cfg.quantization.sparse`` or ``.dense``)."""
+    """The quantisation settings for this matcher (``cfg.quantization.sparse`` or ``.dense``), as configured."""
     q = cfg["quantization"]["sparse" if is_sparse_matcher(name, cfg) else "dense"]
     max_kps = q["max_kps"]
     return QuantizationConf(float(q["cell_size"]), float(q["max_error"]), None if max_kps is None else int(max_kps))
+
+
+def downscale_factor(size: tuple[int, int], resize_max: Optional[int]) -> float:
+    """Original pixels per matched pixel of an image of ``(W, H)`` fed to the matcher at ``resize_max`` (>= 1: the
+    matcher never upscales)."""
+    long_side = max(size)
+    return 1.0 if resize_max is None or long_side <= resize_max else long_side / float(resize_max)
+
+
+def quantization_scales(name: str, cfg: Mapping[str, Any], sizes: Mapping[str, tuple[int, int]]) -> dict[str, float]:
+    """Per image, the factor its quantisation cell and max error are multiplied by: its downscale factor when the
+    matcher's settings are in matched pixels (``in_matched_pixels``), else none (empty dict)."""
+    q = cfg["quantization"]["sparse" if is_sparse_matcher(name, cfg) else "dense"]
+    if not q.get("in_matched_pixels", False):
+        return {}
+    resize_max = None if cfg["resize_max"] is None else int(cfg["resize_max"])
+    return {n: downscale_factor(size, resize_max) for n, size in sizes.items()}
+
+
+def scaled(conf: QuantizationConf, factor: float) -> QuantizationConf:
+    """``conf`` with its cell size and max error multiplied by ``factor`` (matched -> original pixels)."""
+    return QuantizationConf(conf.cell_size * factor, conf.max_error * factor, conf.max_kps)
 
 
 def matcher_tag(name: str, matcher_conf: Mapping[str, Any], resize_max: Optional[int]) -> str:

@@ -172,9 +172,12 @@ def localize(
         paths = {**{n: image_dir / n for n in db_names}, **readable}
         cache = DenseMatchCache(work / "dense", matcher_tag(name, matcher_conf, resize_max))
         match_pairs(matcher, pairs, paths.__getitem__, cache, resize_max, device=device, progress=progress)
+        # the database keypoints were quantised with cells that followed each image's downscale (run.json)
+        scales = {} if cfg.max_error is not None else run.get("quantization_scales", {})
         aggregate(pairs, cache, work / "features_query.h5", work / "matches_query.h5",
                   QuantizationConf(0.0, max_error, None), fixed_keypoints=db_keypoints, exact_images=readable,
-                  write_dense=False, progress=progress)
+                  write_dense=False, progress=progress,
+                  image_confs={n: QuantizationConf(0.0, max_error * scales[n], None) for n in db_names if n in scales})
         logger.info("matched %d query pairs in %.1f s", len(pairs), time.perf_counter() - start)
         retrieved = defaultdict(list)
         for q, db in pairs:

@@ -36,7 +36,9 @@ from .common import (
     load_pipeline_config,
     matcher_tag,
     quantization_for,
+    quantization_scales,
     resolve_device,
+    scaled,
     scan_images,
     to_plain,
     write_json,
@@ -108,9 +110,11 @@ def run_matching(
     if not pairs:
         raise ValueError(f"pairs spec {cfg.pairs!r} gives no pair for {len(scan.names)} images")
     seconds["pairs"] = time.perf_counter() - start
+    base = quantization_for(name, cfg)
+    scales = quantization_scales(name, cfg, scan.sizes)
     write_json(out_dir / "run.json", {
         "image_dir": str(image_dir.resolve()), "matcher": name, "matcher_conf": matcher_conf, "resize_max": resize_max,
-        "pairs": str(cfg.pairs), "quantization": quantization_for(name, cfg).__dict__,
+        "pairs": str(cfg.pairs), "quantization": base.__dict__, "quantization_scales": scales,
     })
     cache = DenseMatchCache(out_dir / "dense", matcher_tag(name, matcher_conf, resize_max))
     report = MatchingReport()
@@ -129,8 +133,9 @@ def run_matching(
     if shard is not None and not merge_only:
         return outputs
     start = time.perf_counter()
-    outputs.merged = aggregate(pairs, cache, outputs.features_path, outputs.matches_path, quantization_for(name, cfg),
-                               image_sizes=scan.sizes, write_dense=bool(cfg.write_dense), progress=progress)
+    outputs.merged = aggregate(pairs, cache, outputs.features_path, outputs.matches_path, base,
+                               image_sizes=scan.sizes, write_dense=bool(cfg.write_dense), progress=progress,
+                               image_confs={n: scaled(base, f) for n, f in scales.items()})
     seconds["merge"] = time.perf_counter() - start
     return outputs
 

@@ -8,6 +8,7 @@ import shutil
 import textwrap
 
 import h5py
+import numpy as np
 import pytest
 
 from asmamba.io import data_root
@@ -154,3 +155,51 @@ def test_unknown_matcher_and_bad_options(scene, tmp_path, capsys):
     assert "unknown matcher 'nope'" in capsys.readouterr().err
     assert reconstruct_cli.main([str(scene), str(tmp_path / "o"), *FAST, "--set", "colour=red"]) == 2
     assert "unknown reconstruct pipeline option" in capsys.readouterr().err
+
+
+LATTICE_MATCHER = """
+import torch
+
+
+class Lattice(torch.nn.Module):
+    \"\"\"Matches like AS-Mamba's coarse stage: image0's 8 px cell centres (8 i + 3.5) with image1 points 1 px up
+    and left of them (a refined side).\"\"\"
+
+    def forward(self, data):
+        h, w = data["image0"].shape[-2:]
+        ys, xs = torch.meshgrid(torch.arange(h // 8), torch.arange(w // 8), indexing="ij")
+        k0 = torch.stack([xs.flatten(), ys.flatten()], -1).float() * 8 + 3.5
+        return {"keypoints0": k0, "keypoints1": k0 - 1.0, "confidence": torch.full((len(k0),), 0.5),
+                "batch_indexes": torch.zeros(len(k0), dtype=torch.long)}
+
+
+def make():
+    return Lattice()
+"""
+
+
+def test_dense_cells_follow_each_images_downscale(tmp_path, monkeypatch):
+    """512x384 images matched at resize_max 256 (2 original pixels per matched pixel): AS-Mamba's cells are 16 px
+    in the original images, its cell centres at 16 i + 7.5. An image seen both as image0 (centres) and as image1
+    (1 matched px = 2 px off) must get one keypoint per AS-Mamba cell, 32 x 24 of them; 8 px cells in original
+    pixels would split each into two."""
+    import matplotlib.image
+
+    (tmp_path / "lattice_matcher.py").write_text(LATTICE_MATCHER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        matplotlib.image.imsave(images / f"{name}.png", rng.integers(0, 255, (384, 512), dtype=np.uint8), cmap="gray")
+    cfg = load_pipeline_config("reconstruct")
+    cfg.matcher, cfg.resize_max, cfg.device = "lattice_matcher:make", 256, "cpu"
+    out = run_matching(images, tmp_path / "out", cfg, progress=False)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["quantization_scales"] == {"a.png": 2.0, "b.png": 2.0, "c.png": 2.0}
+    with h5py.File(out.features_path, "r") as fd:
+        keypoints = fd["b.png"]["keypoints"][()]  # b is image1 of (a, b) and image0 of (b, c)
+    assert len(keypoints) == 32 * 24
+    centres = (8 * np.stack(np.meshgrid(np.arange(32), np.arange(24)), -1).reshape(-1, 2) + 4) * 2 - 0.5
+    distance = np.abs(keypoints[:, None, :] - centres[None]).max(-1).min(1)
+    assert distance.max() <= 2.0 + 1e-4  # every keypoint is its cell's centre or the refined point beside it
