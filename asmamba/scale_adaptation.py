@@ -1,9 +1,9 @@
-"""Test-time scale adaptation: match again after resizing the image that appears zoomed in.
+"""Test-time scale adaptation: match again after resizing one image by the scale ratio between the two.
 
 A detector-free matcher compares the two images cell by cell at one resolution, so a strong zoom between them
 (one 8 px cell of image 0 covering 3x3 cells of image 1) is outside what its coarse stage can match. The fix needs
-no training: estimate the scale ratio between the images, shrink the zoomed-in one by that ratio so both show the
-scene at one scale, match that pair, and map the keypoints back to the original pixels.
+no training: estimate the scale ratio between the images, resize one of them by that ratio so both show the scene
+at one scale, match that pair, and map the keypoints back to the original pixels.
 
 >>> import functools, torch
 >>> from asmamba import ASMamba
@@ -11,25 +11,28 @@ scene at one scale, match that pair, and map the keypoints back to the original 
 >>> matcher = ASMamba()
 >>> single = functools.partial(matcher.forward, scale_adapt=False)      # one pass, no adaptation
 >>> out, info = match_with_scale_adaptation(single, {"image0": img0, "image1": img1}, config=ScaleAdaptConfig())
->>> info[0].ratio, info[0].chosen       # e.g. (3.02, 2.99): image 1 is a 3x zoom, the pass at ratio ~3 won
+>>> info[0].ratio, info[0].chosen.kind    # e.g. (3.01, 'crop'): image 1 is a 3x zoom of part of image 0
 
-``ASMamba`` runs this on every call when ``scale_adapt.enabled`` is set in its config (configs/model/base.yaml).
+``ASMamba`` runs this on every call when ``scale_adapt.enabled`` is set in its config (configs/model/base.yaml),
+or with ``matcher(data, scale_adapt=True)``.
 
-How a pass is judged, per pair of the batch:
+Per pair of the batch:
 
-1. Its matches are fitted with a RANSAC homography *at the resolution they were matched at*; the inliers are the
-   matches whose transfer error is below ``ransac_threshold`` pixels in both directions. A pass is *trusted* when it
-   has at least ``min_inliers`` inliers making at least ``min_inlier_fraction`` of its matches.
+1. A pass's matches are fitted with a RANSAC homography *at the resolution they were matched at*; the inliers are
+   the matches whose transfer error is below ``ransac_threshold`` pixels in both directions. A pass is *trusted*
+   when it has at least ``min_inliers`` inliers making at least ``min_inlier_fraction`` of its matches.
 2. The scale ratio of image 1 to image 0 is the homography's local scale ``sqrt(|det J|)`` (``J`` its Jacobian)
    at the inliers' centroid: above 1, image 1 shows the scene larger (zoomed in). The spread of the keypoints is
    not used: when a zoom defeats the first pass, its (wrong) matches spread over both images alike.
-3. The first pass's ratio, when trusted and beyond ``min_ratio`` either way, is the one candidate. An untrusted
-   first pass (a zoom of about 3x or more leaves no signal at all in the shipped model's matches) tries the
-   ``search_ratios`` both ways, in order, instead.
-4. An extra pass replaces the best so far only when it is trusted and has more inliers. If its own residual
-   ratio is still beyond ``refine_ratio``, one more pass runs at the combined ratio; otherwise the search stops.
-   At most ``max_extra_passes`` run per pair. The first pass is returned unchanged (no extra matching, one
-   RANSAC) when no candidate arises or none beats it.
+3. A trusted first pass whose ratio is beyond ``min_ratio`` either way guides a *crop pass*: the zoomed-out image
+   is cropped to the footprint of the other (through the fitted homography, plus ``crop_margin``) and enlarged
+   by the ratio, so both images show the overlap at one scale and at the zoomed-in image's full resolution.
+4. An untrusted first pass (a zoom of about 3x or more leaves no signal at all in the shipped model's matches)
+   starts a search: *shrink passes* with the image that would be zoomed in shrunk by each ``search_ratios`` entry,
+   both ways, in order, until one is trusted; that one guides a crop pass as in 3.
+5. The trusted pass with the most inliers is returned, if it has more than the first pass; otherwise the first
+   pass is returned unchanged. Without a strong ratio in a trusted first pass (most pairs) that costs one RANSAC
+   and no extra matching. Keypoints of every pass are mapped back to the original pixels exactly.
 """
 
 from __future__ import annotations
@@ -74,9 +77,9 @@ class ScaleAdaptConfig:
         min_inlier_fraction: ... making at least this fraction of its matches.
         ransac_threshold: inlier threshold in pixels at the resolution a pass matched at.
         search_ratios: ratios tried both ways, in order, when the first pass is not trusted (empty: no search);
-            the search stops at the first trusted pass that leaves no ratio above ``refine_ratio``.
-        refine_ratio: a winning extra pass whose own ratio is still beyond this (either way) is followed by one at
-            the combined ratio.
+            the search stops at the first trusted pass.
+        crop_margin: the crop around the zoomed-in image's footprint adds this fraction of the footprint's size on
+            each side.
         max_extra_passes: at most this many passes after the first, per pair.
     """
 
@@ -87,8 +90,8 @@ class ScaleAdaptConfig:
     min_inlier_fraction: float = 0.2
     ransac_threshold: float = 4.0
     search_ratios: Sequence[float] = field(default_factory=lambda: [2.5, 5.0])
-    refine_ratio: float = 1.15
-    max_extra_passes: int = 4
+    crop_margin: float = 0.1
+    max_extra_passes: int = 5
 
     def __post_init__(self) -> None:
         if not self.min_ratio > 1.0:
@@ -103,8 +106,8 @@ class ScaleAdaptConfig:
             raise ValueError(f"scale_adapt.ransac_threshold must be > 0, got {self.ransac_threshold}")
         if any(not float(r) > 1.0 for r in self.search_ratios):
             raise ValueError(f"scale_adapt.search_ratios must all be > 1, got {list(self.search_ratios)}")
-        if not self.refine_ratio > 1.0:
-            raise ValueError(f"scale_adapt.refine_ratio must be > 1, got {self.refine_ratio}")
+        if not 0.0 <= self.crop_margin <= 1.0:
+            raise ValueError(f"scale_adapt.crop_margin must lie in [0, 1], got {self.crop_margin}")
         if self.max_extra_passes < 0:
             raise ValueError(f"scale_adapt.max_extra_passes must be >= 0, got {self.max_extra_passes}")
         self.search_ratios = [float(r) for r in self.search_ratios]
@@ -217,41 +220,83 @@ def resize_image(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, tupl
     return out.clamp_(0.0, 1.0), (new_w / w, new_h / h)
 
 
-def _unscale(points: torch.Tensor, scale: tuple[float, float]) -> torch.Tensor:
-    """Points of a resized image back to the original pixels (inverse of ``x' = (x + 0.5) * s - 0.5``)."""
-    if scale == (1.0, 1.0):
+def _view(
+    image: torch.Tensor, mask: Optional[torch.Tensor], box: Optional[Sequence[int]], factor: float
+) -> tuple[torch.Tensor, Optional[torch.Tensor], np.ndarray]:
+    """Crop ``image`` (and ``mask``) to ``box = (x0, y0, x1, y1)`` (integer pixel bounds, None: whole image), then
+    resize by ``factor``. Returns both and the ``(3, 3)`` map ``T`` from original to new pixels:
+    ``x' = (x - x0 + 0.5) * sx - 0.5``."""
+    x0, y0 = 0, 0
+    if box is not None:
+        x0, y0, x1, y1 = box
+        image = image[..., y0:y1, x0:x1]
+        mask = mask[..., y0:y1, x0:x1] if mask is not None else None
+    image, (sx, sy) = resize_image(image, factor)
+    if mask is not None and (sx, sy) != (1.0, 1.0):
+        mask = F.interpolate(mask[:, None].float(), size=image.shape[-2:], mode="nearest")[:, 0]
+    T = np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5], [0.0, 0.0, 1.0]])
+    return image, mask, T
+
+
+def _back(points: torch.Tensor, T: np.ndarray) -> torch.Tensor:
+    """Points of a view back to original pixels (``T`` is axis-aligned: a scale and a shift per axis)."""
+    if np.array_equal(T, np.eye(3)):
         return points
-    s = points.new_tensor(scale)
-    return (points + 0.5) / s - 0.5
+    scale = points.new_tensor([T[0, 0], T[1, 1]])
+    shift = points.new_tensor([T[0, 2], T[1, 2]])
+    return (points - shift) / scale
 
 
 @dataclass
 class PassResult:
-    """One matching pass of a pair. ``ratio`` is the candidate it matched at (image 1 relative to image 0; the
-    first pass has 1.0), ``estimate`` its homography fit at the matched resolution, ``total_ratio`` the ratio
-    implied by it (``ratio * estimate.ratio``)."""
+    """One matching pass of a pair.
 
-    ratio: float
+    Attributes:
+        kind: ``"first"``, ``"shrink"`` (the zoomed-in image shrunk) or ``"crop"`` (the zoomed-out image cropped to
+            the other's footprint and enlarged).
+        T0, T1: ``(3, 3)`` maps from each image's original pixels to the pixels it was matched at.
+        estimate: the homography fit at the matched resolution.
+        keypoints0, keypoints1, confidence: the pass's matches, keypoints in original pixels.
+    """
+
+    kind: str
+    T0: np.ndarray
+    T1: np.ndarray
     estimate: ScaleEstimate
     keypoints0: torch.Tensor
     keypoints1: torch.Tensor
     confidence: torch.Tensor
 
     @property
+    def ratio(self) -> float:
+        """The zoom of image 1 relative to image 0 that the pass's resizes undo: image 0's resize over image 1's
+        (1.0 for the first pass; 3.0 for image 1 shrunk 3x or image 0 enlarged 3x)."""
+        return math.sqrt(abs(np.linalg.det(self.T0[:2, :2]) / np.linalg.det(self.T1[:2, :2])))
+
+    @property
     def total_ratio(self) -> float:
-        return self.ratio * self.estimate.ratio
+        """The scale of image 1 relative to image 0 in original pixels that this pass's matches imply."""
+        return self.estimate.ratio * self.ratio
+
+    def homography(self) -> Optional[np.ndarray]:
+        """The fitted homography in original pixels (image 0 -> image 1), or None."""
+        H = self.estimate.H
+        return None if H is None else np.linalg.inv(self.T1) @ H @ self.T0
 
 
 @dataclass
 class ScaleAdaptInfo:
     """What the adaptation did for one pair: ``ratio`` its best estimate of the scale of image 1 relative to
-    image 0 (NaN when no pass was trusted), ``chosen`` the candidate ratio of the returned pass (1.0: the first
-    pass), ``passes`` every pass in order, ``chosen_index`` the returned one's index in ``passes``."""
+    image 0 (NaN when no pass was trusted), ``passes`` every pass in order, ``chosen_index`` the returned one's
+    index in ``passes`` (0: the first pass)."""
 
     ratio: float
-    chosen: float
     passes: list[PassResult]
     chosen_index: int = 0
+
+    @property
+    def chosen(self) -> PassResult:
+        return self.passes[self.chosen_index]
 
 
 def _pair(data: Mapping[str, Any], b: int) -> dict:
@@ -261,60 +306,76 @@ def _pair(data: Mapping[str, Any], b: int) -> dict:
     return pair
 
 
-def _clamp_ratio(ratio: float, pair: Mapping[str, torch.Tensor], config: ScaleAdaptConfig) -> float:
-    """Bound a candidate ratio by ``max_ratio`` and by the smallest size the shrunk image may take."""
-    key = "image1" if ratio > 1 else "image0"
-    limit = min(pair[key].shape[-2:]) / MIN_RESIZED_SIDE
-    r = min(max(ratio, 1.0 / ratio), config.max_ratio, max(limit, 1.0))
-    return r if ratio > 1 else 1.0 / r
-
-
-def _run_pass(match_fn: MatchFn, pair: dict, ratio: float, config: ScaleAdaptConfig) -> PassResult:
-    """Match ``pair`` with the zoomed-in image shrunk by ``ratio`` (image 1 when > 1, image 0 when < 1)."""
-    key = "1" if ratio > 1 else "0"
-    factor = 1.0 / ratio if ratio > 1 else ratio
-    resized = dict(pair)
-    resized[f"image{key}"], scale = resize_image(pair[f"image{key}"], factor)
-    if f"mask{key}" in pair:
-        size = resized[f"image{key}"].shape[-2:]
-        resized[f"mask{key}"] = F.interpolate(pair[f"mask{key}"][:, None].float(), size=size, mode="nearest")[:, 0]
-    out = match_fn(resized)
+def _match_views(match_fn: MatchFn, pair: dict, kind: str, views: dict, config: ScaleAdaptConfig) -> PassResult:
+    """Match ``pair`` with image ``k`` replaced by its view ``views[k] = (box, factor)`` (the other kept)."""
+    data, T = dict(pair), {"0": np.eye(3), "1": np.eye(3)}
+    for k, (box, factor) in views.items():
+        data[f"image{k}"], mask, T[k] = _view(pair[f"image{k}"], pair.get(f"mask{k}"), box, factor)
+        if mask is not None:
+            data[f"mask{k}"] = mask
+    out = match_fn(data)
     k0, k1 = out["keypoints0"], out["keypoints1"]
     estimate = estimate_scale_ratio(k0, k1, config.ransac_threshold)  # at the matched resolution
-    if key == "1":
-        k1 = _unscale(k1, scale)
-    else:
-        k0 = _unscale(k0, scale)
-    return PassResult(ratio, estimate, k0, k1, out["confidence"])
+    return PassResult(kind, T["0"], T["1"], estimate, _back(k0, T["0"]), _back(k1, T["1"]), out["confidence"])
+
+
+def _shrink_pass(match_fn: MatchFn, pair: dict, ratio: float, config: ScaleAdaptConfig) -> PassResult:
+    """The zoomed-in image (1 when ``ratio`` > 1, else 0) shrunk by ``ratio``, bounded by ``max_ratio`` and by
+    :data:`MIN_RESIZED_SIDE`."""
+    k = "1" if ratio > 1 else "0"
+    limit = max(min(pair[f"image{k}"].shape[-2:]) / MIN_RESIZED_SIDE, 1.0)
+    r = min(max(ratio, 1.0 / ratio), config.max_ratio, limit)
+    return _match_views(match_fn, pair, "shrink", {k: (None, 1.0 / r)}, config)
+
+
+def _crop_pass(
+    match_fn: MatchFn, pair: dict, H: np.ndarray, ratio: float, config: ScaleAdaptConfig
+) -> Optional[PassResult]:
+    """The zoomed-out image cropped to the footprint of the other (through ``H``, image 0 -> image 1, original
+    pixels), with ``crop_margin`` on each side, and enlarged by ``ratio``: both images then show the overlap at one
+    scale and at the zoomed-in image's full resolution. None when the footprint is unusable."""
+    k, other = ("0", "1") if ratio > 1 else ("1", "0")
+    to_k = np.linalg.inv(H) if k == "0" else H  # maps the other image's pixels into image k
+    h, w = pair[f"image{other}"].shape[-2:]
+    edges = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    q = edges @ to_k[:, :2].T + to_k[:, 2]
+    if not (q[:, 2] > 1e-9).all():
+        return None  # the footprint crosses the horizon: no bounded crop
+    foot = q[:, :2] / q[:, 2:]
+    lo, hi = foot.min(axis=0), foot.max(axis=0)
+    pad = config.crop_margin * (hi - lo)
+    hk, wk = pair[f"image{k}"].shape[-2:]
+    x0, y0 = (max(0, math.floor(v)) for v in lo - pad)
+    x1, y1 = min(wk, math.ceil(hi[0] + pad[0])), min(hk, math.ceil(hi[1] + pad[1]))
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return None
+    factor = min(max(ratio, 1.0 / ratio), config.max_ratio, 2.0 * max(h, w) / max(x1 - x0, y1 - y0))
+    return _match_views(match_fn, pair, "crop", {k: ((x0, y0, x1, y1), factor)}, config)
 
 
 def _adapt_pair(match_fn: MatchFn, pair: dict, first: PassResult, config: ScaleAdaptConfig) -> ScaleAdaptInfo:
     passes = [first]
-    best = first
-    if first.estimate.trusted(config):
-        r = first.estimate.ratio
-        queue = [r] if max(r, 1.0 / r) >= config.min_ratio else []
-    else:
-        queue = [c for s in config.search_ratios for c in (s, 1.0 / s)]
-    tried = [1.0]  # the first pass
-    while queue and len(passes) - 1 < config.max_extra_passes:
-        ratio = _clamp_ratio(queue.pop(0), pair, config)
-        if any(abs(math.log(ratio / t)) < math.log(1.1) for t in tried):  # already matched at about this ratio
-            continue
-        tried.append(ratio)
-        result = _run_pass(match_fn, pair, ratio, config)
-        passes.append(result)
-        if not result.estimate.trusted(config) or result.estimate.inliers <= best.estimate.inliers:
-            continue
-        best = result
-        residual = result.estimate.ratio
-        if max(residual, 1.0 / residual) >= config.refine_ratio:
-            queue = [result.total_ratio]  # refine: the shrink left a scale ratio between the images
-        else:
-            break  # the images now match at one scale: stop searching
-    trusted = [p for p in passes if p.estimate.trusted(config)]
-    ratio = max(trusted, key=lambda p: p.estimate.inliers).total_ratio if trusted else float("nan")
-    return ScaleAdaptInfo(ratio, best.ratio, passes, passes.index(best))
+
+    def strong(ratio: float) -> bool:
+        return math.isfinite(ratio) and max(ratio, 1.0 / ratio) >= config.min_ratio
+
+    guide = first if first.estimate.trusted(config) else None  # the pass whose homography places the crop
+    if guide is None:
+        for s in config.search_ratios:
+            for ratio in (s, 1.0 / s):
+                if guide is None and len(passes) - 1 < config.max_extra_passes - 1:
+                    passes.append(_shrink_pass(match_fn, pair, ratio, config))
+                    guide = passes[-1] if passes[-1].estimate.trusted(config) else None
+    if guide is not None and strong(guide.total_ratio) and len(passes) - 1 < config.max_extra_passes:
+        crop = _crop_pass(match_fn, pair, guide.homography(), guide.total_ratio, config)
+        if crop is not None:
+            passes.append(crop)
+    trusted = [i for i, p in enumerate(passes) if p.estimate.trusted(config)]
+    best = max(trusted, key=lambda i: passes[i].estimate.inliers) if trusted else 0
+    if passes[best].estimate.inliers <= first.estimate.inliers:
+        best = 0  # an extra pass must beat the first one
+    ratio = passes[best].total_ratio if trusted else float("nan")
+    return ScaleAdaptInfo(ratio, passes, best)
 
 
 def match_with_scale_adaptation(
@@ -354,9 +415,10 @@ def match_with_scale_adaptation(
     for b in range(B):
         sel = first["batch_indexes"] == b
         k0, k1, conf = first["keypoints0"][sel], first["keypoints1"][sel], first["confidence"][sel]
-        start = PassResult(1.0, estimate_scale_ratio(k0, k1, config.ransac_threshold), k0, k1, conf)
+        estimate = estimate_scale_ratio(k0, k1, config.ransac_threshold)
+        start = PassResult("first", np.eye(3), np.eye(3), estimate, k0, k1, conf)
         info = _adapt_pair(match_fn, _pair(data, b), start, config)
-        chosen = info.passes[info.chosen_index]
+        chosen = info.chosen
         infos.append(info)
         parts["keypoints0"].append(chosen.keypoints0.to(k0.dtype))
         parts["keypoints1"].append(chosen.keypoints1.to(k1.dtype))

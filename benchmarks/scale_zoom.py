@@ -5,6 +5,12 @@ at ``--size`` px, image 1 a crop of 1/z of its sides around a random centre, res
 image 1 zoomed in; the pair swapped gives z < 1). The first pass runs once per pair; each setting adapts from it.
 
     python benchmarks/scale_zoom.py --threads 1                      # writes benchmarks/results/scale_zoom.{json,md}
+    python benchmarks/scale_zoom.py --ab homography ../shared/data/homography/*     # on / off on real pairs
+    python benchmarks/scale_zoom.py --ab pose ../shared/data/pose/strecha_entry-P10/pairs.txt ...
+
+``--ab`` runs the project's evaluation (``asmamba eval homography`` / ``pose`` code, 640 px) twice from the same
+first passes: with the default adaptation, and with the first pass alone; it times the first pass and the
+adaptation's extra work pair by pair in one process, so the cost ratio holds whatever else the machine runs.
 
 Per pair and setting: matches, the share of matches within 3 px of the GT (pixels of image 1), the mean error of
 image 0's corners through an OpenCV-RANSAC homography (pixels of image 1; HPatches' corner error), passes and time.
@@ -92,8 +98,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/scale_zoom.json")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--ab", choices=("homography", "pose"), help="evaluate SOURCES with and without adaptation")
+    parser.add_argument("sources", nargs="*", help="with --ab: homography folders or pose pairs files")
+    parser.add_argument("--max-pairs", type=int, default=None, help="with --ab: at most this many pairs per source")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.ab:
+        return ab(args.ab, args.sources, args.size, args.max_pairs)
     root = data_root()
     missing = [p for p in IMAGES if not (root / p).is_file()]
     if missing:
@@ -136,7 +147,8 @@ def main(argv=None) -> int:
                 extra_ms = (time.perf_counter() - start) * 1000
                 record[setting] = {**score(out["keypoints0"], out["keypoints1"], H, size_wh),
                                    "ms": first_ms + extra_ms, "passes": len(info[0].passes),
-                                   "ratio_est": info[0].ratio, "chosen": info[0].chosen}
+                                   "ratio_est": info[0].ratio, "chosen": info[0].chosen.kind,
+                                   "kinds": [p.kind for p in info[0].passes]}
         results["pairs"][key] = record
         results["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                               "torch": torch.__version__, "load_avg": os.getloadavg()}
@@ -146,6 +158,59 @@ def main(argv=None) -> int:
     tmp = out_path.with_suffix(".md.tmp")
     tmp.write_text(md + "\n")
     tmp.replace(out_path.with_suffix(".md"))
+    return 0
+
+
+class _FirstThenAdapt(torch.nn.Module):
+    """Runs the plain first pass, then the default adaptation from it; keeps the first pass and the timings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.matcher = ASMamba()
+        self.log: list[dict] = []
+
+    def forward(self, data: dict) -> dict:
+        single = functools.partial(self.matcher.forward, scale_adapt=False)
+        start = time.perf_counter()
+        first = single(data)
+        first_s = time.perf_counter() - start
+        out, info = match_with_scale_adaptation(single, data, first, ScaleAdaptConfig())
+        self.log.append({"first": first, "first_s": first_s, "extra_s": time.perf_counter() - start - first_s,
+                         "extra": [p.kind for p in info[0].passes[1:]], "chosen": info[0].chosen.kind})
+        return out
+
+
+class _Replay(torch.nn.Module):
+    """Returns the recorded first passes, in call order (the evaluation without adaptation, same first pass)."""
+
+    def __init__(self, log: list[dict]) -> None:
+        super().__init__()
+        self.log, self.calls = log, 0
+
+    def forward(self, data: dict) -> dict:
+        self.calls += 1
+        return self.log[self.calls - 1]["first"]
+
+
+def ab(protocol: str, sources: list, size: int, max_pairs=None) -> int:
+    """The project's evaluation (pose or homography) with and without adaptation from the same first passes,
+    and the adaptation's cost pair by pair."""
+    from asmamba.training.evaluation.homography import evaluate_homography, homography_markdown
+    from asmamba.training.evaluation.pose import evaluate_pose, pose_markdown
+
+    evaluate, md = (evaluate_homography, homography_markdown) if protocol == "homography" else \
+        (evaluate_pose, pose_markdown)
+    adapt = _FirstThenAdapt()
+    on = evaluate(adapt, sources, resize_max=size, max_pairs=max_pairs, progress=False)
+    off = evaluate(_Replay(adapt.log), sources, resize_max=size, max_pairs=max_pairs, progress=False)
+    print("single pass:\n" + md(off) + "\n\nwith scale adaptation (default settings):\n" + md(on))
+    first = sum(r["first_s"] for r in adapt.log)
+    extra = sum(r["extra_s"] for r in adapt.log)
+    triggered = [r for r in adapt.log if r["extra"]]
+    print(f"\n{len(adapt.log)} pairs; extra passes on {len(triggered)}: "
+          + ", ".join(f"{'+'.join(r['extra'])} -> {r['chosen']}" for r in triggered))
+    print(f"time: first passes {first:.1f} s, adaptation extra {extra:.1f} s (+{100 * extra / first:.0f} %); "
+          f"load average {os.getloadavg()}")
     return 0
 
 

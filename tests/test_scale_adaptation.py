@@ -65,37 +65,56 @@ def test_scale_ratio_degenerate_inputs():
 
 
 class ZoomLimitedMatcher:
-    """Stands in for a detector-free matcher: pair ``b`` of the original batch is a zoom ``zooms[b]`` about the
-    image centres (image 1 = ``zoom * (x0 - c0) + c1``, in original pixels). Given images of any size, it finds the
-    true matches (at most one per 8 px cell of either image, as mutual nearest neighbours) only while the zoom between
-    them is moderate, as the real matcher does: all of them up to 1.6x,
-    a third of them (1 px noise) up to 2.3x; beyond that, random pairs of points."""
+    """Stands in for a detector-free matcher, with an exact answer. Pair ``b`` is a zoom ``zooms[b]`` about the
+    image centres (in original pixels, image 1 = ``zoom * (x0 - c) + c``). The images carry their own original
+    coordinates (channels: ``(x + 0.5) / W``, ``(y + 0.5) / H``, pair id), so whatever crop or resize it is given,
+    the matcher reads where its pixels came from. It finds the true matches (at most one per 8 px cell of image 1,
+    as mutual nearest neighbours) only while the zoom between the images it is given is moderate, as the real
+    matcher does: all of them up to 1.6x, a third of them (1 px noise) up to 2.3x; beyond that, random points."""
 
     def __init__(self, zooms, size_hw=(240, 320)):
         self.zooms, self.size_hw, self.calls = list(zooms), size_hw, []
         self.rng = np.random.default_rng(0)
 
+    def images(self):
+        H, W = self.size_hw
+        ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                                indexing="ij")
+        ramp = torch.stack([(xs + 0.5) / W, (ys + 0.5) / H])
+        ids = torch.stack([torch.cat([ramp, torch.full((1, H, W), b / 10.0)]) for b in range(len(self.zooms))])
+        return {"image0": ids.float(), "image1": ids.clone().float()}
+
+    def _view_map(self, image):
+        """Per axis ``(a, b)`` with original = a * view + b, read off the coordinate channels (interior pixels)."""
+        h, w = image.shape[-2:]
+        i, j = (h // 4, 3 * h // 4), (w // 4, 3 * w // 4)
+        x = image[0, 0, h // 2].double() * self.size_hw[1] - 0.5
+        y = image[0, 1, :, w // 2].double() * self.size_hw[0] - 0.5
+        ax = float(x[j[1]] - x[j[0]]) / (j[1] - j[0])
+        ay = float(y[i[1]] - y[i[0]]) / (i[1] - i[0])
+        return np.array([ax, ay]), np.array([float(x[j[0]]) - ax * j[0], float(y[i[0]]) - ay * i[0]])
+
     def __call__(self, data):
-        B = data["image0"].shape[0]
         out = {"keypoints0": [], "keypoints1": [], "confidence": [], "batch_indexes": []}
-        for b in range(B):
-            zoom = self.zooms[b] if B == len(self.zooms) else self.zooms[self.pair]
-            (h0, w0), (h1, w1) = data["image0"].shape[-2:], data["image1"].shape[-2:]
-            H, W = self.size_hw
-            s0, s1 = np.array([w0 / W, h0 / H]), np.array([w1 / W, h1 / H])  # resizes of the images given
-            effective = zoom * s1 / s0  # per axis: the zoom between the images as given
+        H, W = self.size_hw
+        c = np.array([(W - 1) / 2, (H - 1) / 2])
+        for b in range(data["image0"].shape[0]):
+            im0, im1 = data["image0"][b : b + 1], data["image1"][b : b + 1]
+            zoom = self.zooms[round(float(im0[0, 2].mean()) * 10)]
+            (h0, w0), (h1, w1) = im0.shape[-2:], im1.shape[-2:]
             self.calls.append((h0, w0, h1, w1))
+            (a0, b0), (a1, b1) = self._view_map(im0), self._view_map(im1)
             k0 = np.stack(np.meshgrid(np.arange(3.5, w0, 8), np.arange(3.5, h0, 8)), -1).reshape(-1, 2)
-            k1 = effective * (k0 - [(w0 - 1) / 2, (h0 - 1) / 2]) + [(w1 - 1) / 2, (h1 - 1) / 2]
+            k1 = (zoom * (a0 * k0 + b0 - c) + c - b1) / a1  # the true match, in the pixels of the view given
             inside = (k1[:, 0] > 0) & (k1[:, 0] < w1 - 1) & (k1[:, 1] > 0) & (k1[:, 1] < h1 - 1)
             k0, k1 = k0[inside], k1[inside]
-            _, first = np.unique(np.floor(k1 / 8).astype(int), axis=0, return_index=True)  # one-to-one, as mutual NN
+            _, first = np.unique(np.floor(k1 / 8).astype(int), axis=0, return_index=True)
             k0, k1 = k0[np.sort(first)], k1[np.sort(first)]
-            good = abs(math.log(effective[0]))
-            if good > math.log(2.3) or len(k0) < 8:
+            off = abs(math.log(zoom * a0[0] / a1[0]))  # the zoom between the views given (view-1 px per view-0 px)
+            if off > math.log(2.3) or len(k0) < 8:
                 k0 = self.rng.uniform([0, 0], [w0, h0], (200, 2))
                 k1 = self.rng.uniform([0, 0], [w1, h1], (200, 2))
-            elif good > math.log(1.6):
+            elif off > math.log(1.6):
                 bad = self.rng.uniform(size=len(k0)) > 1 / 3
                 k1 = k1 + self.rng.normal(0, 1.0, k1.shape)
                 k1[bad] = self.rng.uniform([0, 0], [w1, h1], (int(bad.sum()), 2))
@@ -106,10 +125,6 @@ class ZoomLimitedMatcher:
         return {k: torch.cat(v) for k, v in out.items()}
 
 
-def _pairs(B, h=240, w=320):
-    return {"image0": torch.rand(B, 1, h, w), "image1": torch.rand(B, 1, h, w)}
-
-
 def _true_error(out, b, zoom, h=240, w=320):
     sel = out["batch_indexes"] == b
     k0, k1 = out["keypoints0"][sel].double().numpy(), out["keypoints1"][sel].double().numpy()
@@ -117,79 +132,87 @@ def _true_error(out, b, zoom, h=240, w=320):
     return np.linalg.norm(zoom * (k0 - c) + c - k1, axis=1)
 
 
-def _run(zoom, **conf):
+def _run(zoom, first=None, **conf):
     fake = ZoomLimitedMatcher([zoom])
-    fake.pair = 0
-    out, info = match_with_scale_adaptation(fake, _pairs(1), None, ScaleAdaptConfig(**conf))
+    data = fake.images()
+    out, info = match_with_scale_adaptation(fake, data, first and fake(data), ScaleAdaptConfig(**conf))
     return fake, out, info[0]
 
 
 def test_no_strong_zoom_returns_the_first_pass_unchanged():
     fake = ZoomLimitedMatcher([1.2])
-    fake.pair = 0
-    data = _pairs(1)
+    data = fake.images()
     first = fake(data)
     out, info = match_with_scale_adaptation(fake, data, first, ScaleAdaptConfig())
-    assert len(fake.calls) == 1 and len(info[0].passes) == 1 and info[0].chosen == 1.0  # no extra matching
+    assert len(fake.calls) == 1 and len(info[0].passes) == 1 and info[0].chosen_index == 0  # no extra matching
     for key in first:
         assert torch.equal(out[key], first[key])
     assert abs(info[0].ratio - 1.2) < 0.01
 
 
 @pytest.mark.parametrize("zoom", [2.0, 0.5])
-def test_trusted_strong_zoom_matches_again_at_that_ratio_and_maps_back(zoom):
+def test_trusted_strong_zoom_crops_and_enlarges_the_zoomed_out_image(zoom):
     fake, out, info = _run(zoom)
-    assert len(fake.calls) == 2  # the first pass showed the ratio: one extra pass, no search
+    assert [p.kind for p in info.passes] == ["first", "crop"]  # the first pass showed the ratio: no search
     h0, w0, h1, w1 = fake.calls[1]
-    # the zoomed-in image was shrunk by the ratio, the other kept
-    shrunk, kept = ((h1, w1), (h0, w0)) if zoom > 1 else ((h0, w0), (h1, w1))
-    assert kept == (240, 320) and abs(320 / shrunk[1] - max(zoom, 1 / zoom)) < 0.05
-    assert abs(info.chosen / zoom - 1) < 0.05 and abs(info.ratio / zoom - 1) < 0.02
+    # the zoomed-out image was cropped to the other's footprint (+10 % a side) and enlarged by the ratio
+    (hc, wc), kept = ((h0, w0), (h1, w1)) if zoom > 1 else ((h1, w1), (h0, w0))
+    assert kept == (240, 320) and abs(wc / 320 - 1.2) < 0.05 and abs(hc / 240 - 1.2) < 0.05
+    assert info.chosen.kind == "crop" and abs(info.ratio / zoom - 1) < 0.01
     err = _true_error(out, 0, zoom)
-    assert len(err) > 100 and err.max() < 1e-3  # every match of the second pass, back in original pixels
+    assert len(err) > 800 and err.max() < 1e-3  # every match of the crop pass, back in original pixels
 
 
-@pytest.mark.parametrize("zoom", [3.0, 1 / 3.0, 4.5])
-def test_untrusted_first_pass_searches_and_refines(zoom):
+@pytest.mark.parametrize("zoom", [3.0, 1 / 3.0, 4.5, 1 / 6.0])
+def test_untrusted_first_pass_searches_then_crops(zoom):
     fake, out, info = _run(zoom)
-    # the ratio is found to 2 %, the returned matches are the true ones in the original pixels
-    assert abs(info.ratio / zoom - 1) < 0.02
+    kinds = [p.kind for p in info.passes]
+    assert kinds[0] == "first" and kinds[-1] == "crop" and set(kinds[1:-1]) == {"shrink"}
+    assert not info.passes[0].estimate.trusted(ScaleAdaptConfig())  # the zoom defeated the first pass
+    assert abs(info.ratio / zoom - 1) < 0.01
     err = _true_error(out, 0, zoom)
-    assert len(err) > 20 and np.median(err) < 1e-3
+    assert len(err) > 500 and err.max() < 1e-3
     assert len(info.passes) <= 1 + ScaleAdaptConfig().max_extra_passes
 
 
-def test_search_stops_at_the_first_pass_that_matches_at_one_scale():
-    fake, _, info = _run(2.5)  # the first search ratio (2.5) is right: no other candidate is tried
-    assert [round(p.ratio, 2) for p in info.passes] == [1.0, 2.5]
+def test_search_stops_at_the_first_trusted_shrink_pass():
+    _, _, info = _run(2.5)  # the first search ratio (2.5) is right: no other candidate is tried
+    assert [(p.kind, round(p.ratio, 2)) for p in info.passes] == [("first", 1.0), ("shrink", 2.5), ("crop", 2.5)]
 
 
 def test_search_off_and_hopeless_zoom_keep_the_first_pass():
     fake, _, info = _run(3.0, search_ratios=[])
-    assert len(fake.calls) == 1 and info.chosen == 1.0 and math.isnan(info.ratio)
-    fake, out, info = _run(20.0)  # beyond every candidate: extra passes run, none is trusted
-    assert info.chosen == 1.0 and len(out["keypoints0"]) == 200
+    assert len(fake.calls) == 1 and info.chosen_index == 0 and math.isnan(info.ratio)
+    fake, out, info = _run(20.0)  # beyond every candidate: four shrink passes, none trusted, no crop
+    assert [p.kind for p in info.passes] == ["first"] + ["shrink"] * 4
+    assert info.chosen_index == 0 and len(out["keypoints0"]) == 200
 
 
 def test_batch_adapts_each_pair_on_its_own():
-    fake = ZoomLimitedMatcher([1.0, 2.0, 0.5])
-    data = _pairs(3)
-    first = fake(data)
-    calls = []
+    zooms = [1.0, 2.0, 0.5]
+    fake = ZoomLimitedMatcher(zooms)
+    data = fake.images()
+    out, info = match_with_scale_adaptation(fake, data, None, ScaleAdaptConfig())
+    assert [i.chosen.kind for i in info] == ["first", "crop", "crop"]
+    assert out["batch_indexes"].tolist() == sorted(out["batch_indexes"].tolist())
+    for b, zoom in enumerate(zooms):
+        err = _true_error(out, b, zoom)
+        assert len(err) > 800 and err.max() < 1e-3
 
-    def single(pair):  # extra passes are single pairs: which one is told by its content
-        b = next(i for i in range(3) if torch.equal(pair["image0"][0, :, :4, :4], data["image0"][i, :, :4, :4])
-                 or torch.equal(pair["image1"][0, :, :4, :4], data["image1"][i, :, :4, :4]))
-        calls.append(b)
-        fake.pair = b
+
+def test_masks_follow_their_image_through_crop_and_resize():
+    fake = ZoomLimitedMatcher([2.0])
+    data = fake.images()
+    data["mask0"], data["mask1"] = torch.ones(1, 240, 320), torch.ones(1, 240, 320)
+    seen = []
+
+    def single(pair):
+        seen.append((tuple(pair["image0"].shape[-2:]), tuple(pair["mask0"].shape[-2:]),
+                     tuple(pair["image1"].shape[-2:]), tuple(pair["mask1"].shape[-2:])))
         return fake(pair)
 
-    out, info = match_with_scale_adaptation(single, data, first, ScaleAdaptConfig())
-    assert calls == [1, 2] and [i.chosen for i in info][0] == 1.0
-    assert out["batch_indexes"].tolist() == sorted(out["batch_indexes"].tolist())
-    for b, zoom in enumerate([1.0, 2.0, 0.5]):
-        err = _true_error(out, b, zoom)
-        assert len(err) > 100 and err.max() < 1e-3
+    match_with_scale_adaptation(single, data, None, ScaleAdaptConfig())
+    assert len(seen) == 2 and all(s[0] == s[1] and s[2] == s[3] for s in seen)
 
 
 def test_bad_settings_fail_clearly():
