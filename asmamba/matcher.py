@@ -127,7 +127,9 @@ class ASMamba(nn.Module):
         - Outputs: ``keypoints0 (N, 2)``, ``keypoints1 (N, 2)`` float32 (float64 for a float64 model, as kornia's
           LoFTR) ``(x, y)`` pixels with pixel centres at integer coordinates (kornia/OpenCV frame; add 0.5 for
           COLMAP); ``confidence (N,)`` the coarse dual-softmax score in the model's dtype; ``batch_indexes (N,)``
-          long. ``keypoints0`` are coarse cell centres, ``keypoints1`` are refined to sub-pixel accuracy. Outputs
+          long. With ``fine.kind: two_stage`` (the default architecture) ``keypoints0`` are centres of 2x2 fine cells
+          (``2u + 0.5``) and ``keypoints1`` are refined to sub-pixel accuracy; the first release's ``window`` stage
+          keeps ``keypoints0`` at coarse cell centres (``8c + 3.5``). Outputs
           live on the input's device.
     """
 

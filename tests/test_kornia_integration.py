@@ -189,10 +189,10 @@ def test_side_by_side_with_kornia_loftr(loftr, asm, photo, dtype, B):
         assert out["confidence"].shape == out["batch_indexes"].shape == (n,)
         assert set(out["batch_indexes"].tolist()) == set(range(B))
         assert all(v.device == rgb0.device for v in out.values())
-    # LoFTR: keypoints0 at 8 * (column, row) of a coarse cell (its reference frame); AS-Mamba: the centre of the
-    # 8x8 cell in kornia's frame, 8 * (column, row) + 3.5
+    # LoFTR: keypoints0 at 8 * (column, row) of a coarse cell (its reference frame); AS-Mamba's two-stage fine
+    # matching moves keypoints0 to the centre of a 2x2 fine cell in kornia's frame, 2 * (column, row) + 0.5
     assert torch.equal(outs["loftr"]["keypoints0"] % 8, torch.zeros_like(outs["loftr"]["keypoints0"]))
-    assert torch.equal((outs["asmamba"]["keypoints0"] - 3.5) % 8, torch.zeros_like(outs["asmamba"]["keypoints0"]))
+    assert torch.equal((outs["asmamba"]["keypoints0"] - 0.5) % 2, torch.zeros_like(outs["asmamba"]["keypoints0"]))
 
 
 def test_empty_outputs_match_kornia_loftr(loftr, photo):
