@@ -119,8 +119,8 @@ class MultiHeadMamba(nn.Module):
         x = F.silu(causal_conv(self.conv1d, x))
         per_head = [ssm_inputs(head, xh) for head, xh in zip(self.heads, x.chunk(len(self.heads), dim=1))]
         deltas, As, Bs, Cs = zip(*per_head)
-        delta, A = torch.cat(deltas, dim=1), torch.cat(As, dim=0)  # (B, d_inner, L), (d_inner, N)
-        B, C = torch.stack(Bs, dim=1), torch.stack(Cs, dim=1)  # (B, heads, N, L): head k drives its own channels
+        delta, A = cat_channels(deltas), torch.cat(As, dim=0)  # (B, d_inner, L), (d_inner, N)
+        B, C = stack_heads(Bs), stack_heads(Cs)  # (B, heads, N, L): head k drives its own channels
         D = torch.cat([at_least_float32(head.D) for head in self.heads])
         delta_bias = torch.cat([at_least_float32(head.dt_proj.bias) for head in self.heads])
         return ScanArgs(x, z, delta, A, B, C, D, delta_bias)
@@ -131,6 +131,18 @@ class MultiHeadMamba(nn.Module):
         if self.mode == "single":
             return tuple(outs[0].split(self.out_dims, dim=-1))
         return tuple(outs)
+
+
+def cat_channels(parts: Sequence[Tensor]) -> Tensor:
+    """Concatenate (B, E_k, L) tensors along the channels into a (B, sum E_k, L) tensor laid out time-major in
+    memory, (B, L, sum E_k), as the Mamba layers produce their tensors (the compiled scan reads that layout)."""
+    return torch.cat([p.transpose(1, 2) for p in parts], dim=2).transpose(1, 2)
+
+
+def stack_heads(parts: Sequence[Tensor]) -> Tensor:
+    """(B, N, L) tensors (or (B, h, N, L) groups) -> (B, heads, N, L), time-major in memory like :func:`cat_channels`."""
+    parts = [p.unsqueeze(1) if p.dim() == 3 else p for p in parts]
+    return torch.cat([p.transpose(-1, -2) for p in parts], dim=1).transpose(-1, -2)
 
 
 def grouped_forward(mambas: Sequence[MultiHeadMamba], inputs: Sequence[Tensor]) -> list[tuple[Tensor, ...]]:
@@ -153,7 +165,9 @@ def grouped_forward(mambas: Sequence[MultiHeadMamba], inputs: Sequence[Tensor]) 
     if len(layouts) != 1 or len({tuple(x.shape) for x in inputs}) != 1:
         raise ValueError("grouped_forward: the modules must share d_inner, heads and d_state, and the inputs one shape")
     args = [m.scan_args(x) for m, x in zip(mambas, inputs)]
-    x, z, delta, A, B, C, D, delta_bias = (torch.cat(parts, dim=0 if parts[0].dim() < 3 else 1)
-                                           for parts in zip(*args))
+    per_field = list(zip(*args))  # one tuple of K tensors per ScanArgs field
+    x, z, delta = (cat_channels(parts) for parts in per_field[:3])
+    A, D, delta_bias = (torch.cat(per_field[i], dim=0) for i in (3, 6, 7))
+    B, C = stack_heads(per_field[4]), stack_heads(per_field[5])  # (B, K * heads, N, L)
     y = selective_scan(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)  # (B, K * E, L)
     return [m.read_out(yk) for m, yk in zip(mambas, y.split(mambas[0].d_inner, dim=1))]
