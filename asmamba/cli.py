@@ -43,7 +43,6 @@ BENCH_COMMANDS = {
     "scaling": "asmamba.bench.scaling:main",
     "ablations": "asmamba.bench.ablations:main",
     "figures": "asmamba.bench.figures:main",
-    "perf": "asmamba.bench.perf:main",
 }
 #: what each benchmark does (``asmamba bench --help``); a command missing here says where its help is
 BENCH_HELP = {
@@ -51,7 +50,6 @@ BENCH_HELP = {
     "scaling": "AS-Mamba vs LoFTR latency and memory from 320x240 to 1280x960 (table + PNG)",
     "ablations": "train and evaluate the design ablations (scan order, heads, feedback, flow predictor)",
     "figures": "the README's pictures: matches against a baseline, flow and uncertainty",
-    "perf": "per-component times of one forward and the speed targets (latency, scaling, memory, scan, training)",
 }
 EVAL_COMMANDS = {
     "pose": "asmamba.training.evaluation.cli:eval_pose_main",
@@ -235,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image0")
     p.add_argument("image1")
     p.add_argument("--out", default="matches.png", help="PNG to write ('' to skip); its folder must exist")
-    p.add_argument("--resize-max", type=int, default=640, help="downscale so the long side is at most this")
+    p.add_argument("--resize-max", type=int, default=640, help="downscale so the long side is at most this (640)")
     _add_model_args(p)
     p.set_defaults(func=cmd_match, prog="asmamba match")
 

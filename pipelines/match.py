@@ -153,7 +153,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", default=None, help="exhaustive | sequential:K | retrieval:K | FILE")
     parser.add_argument("--resize-max", type=int, default=None,
                         help="longer image side fed to the matcher (default 1024, from the config; the demo uses "
-                             "640: about 4x faster)")
+                             "640, about a third of the CPU time)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda")
     parser.add_argument("--overwrite", action="store_true", help="re-match pairs that are already done")
     parser.add_argument("--config", type=Path, default=None, help="YAML file overriding configs/pipelines/reconstruct.yaml")
