@@ -43,6 +43,7 @@ BENCH_COMMANDS = {
     "scaling": "asmamba.bench.scaling:main",
     "ablations": "asmamba.bench.ablations:main",
     "figures": "asmamba.bench.figures:main",
+    "perf": "asmamba.bench.perf:main",
 }
 #: what each benchmark does (``asmamba bench --help``); a command missing here says where its help is
 BENCH_HELP = {
@@ -50,6 +51,7 @@ BENCH_HELP = {
     "scaling": "AS-Mamba vs LoFTR latency and memory from 320x240 to 1280x960 (table + PNG)",
     "ablations": "train and evaluate the design ablations (scan order, heads, feedback, flow predictor)",
     "figures": "the README's pictures: matches against a baseline, flow and uncertainty",
+    "perf": "per-component times of one forward and the speed targets (latency, scaling, memory, scan, training)",
 }
 EVAL_COMMANDS = {
     "pose": "asmamba.training.evaluation.cli:eval_pose_main",
