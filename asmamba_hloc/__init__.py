@@ -39,9 +39,10 @@ _PREPROCESSING = {"grayscale": True, "resize_max": 1024, "dfactor": 1}
 #: its 8 px cell centres, ``8 i + 3.5``: exactly on the edges of hloc's 8 px cells (numpy rounds those ties to
 #: even, which merges two AS-Mamba cells into one hloc cell and splits the refined points around each of them).
 #: 4 px cells put every AS-Mamba cell centre at an hloc cell centre (``8 i + 3.5 = 4 (2 i + 1) - 0.5``), and so do
-#: the 2 px bins of ``max_error`` 2 and the 1 px cells of ``asmamba``. This holds when hloc does not rescale the
-#: image (long side <= ``resize_max``); for larger images use ``asmamba match-dense``, whose cells follow the
-#: matched resolution, or resize the images first.
+#: the 2 px bins of ``max_error`` 2 and the 1 px cells of ``asmamba`` (that is the shipped ``fine.kind: window``
+#: model; a ``two_stage`` model's keypoints0 sit at ``2 u + 0.5``, never on a 4 px edge). This holds when hloc does
+#: not rescale the image (long side <= ``resize_max``); for larger images use ``asmamba match-dense``, whose cells
+#: follow each image's matched resolution, or resize the images first.
 CONFS: dict[str, dict[str, Any]] = {
     # every matched pixel becomes a keypoint candidate (1 px cells): best quality, small scenes only
     "asmamba": {
