@@ -268,8 +268,10 @@ class ASMamba(nn.Module):
                 data["mask1"] = F.pad(masks[1].float(), (0, W - w1, 0, H - h1))
         result = self.net(data)
         kpts0, kpts1, b_ids = result["mkpts0_f"], result["mkpts1_f"], result["b_ids"]
-        # drop refinements that left image 1 (its valid area may be smaller than the padded canvas)
+        # drop keypoints outside their image: refinements that left image 1, and (two-stage fine matching) image-0
+        # fine cells in the part of an edge coarse cell that lies beyond the image
         inside = (kpts1[:, 0] >= -0.5) & (kpts1[:, 1] >= -0.5) & (kpts1[:, 0] <= w1 - 0.5) & (kpts1[:, 1] <= h1 - 0.5)
+        inside &= (kpts0[:, 0] <= w0 - 0.5) & (kpts0[:, 1] <= h0 - 0.5)
         # float32, float64 for a float64 model (kornia's LoFTR convention)
         kpts_dtype = torch.promote_types(next(self.net.parameters()).dtype, torch.float32)
         out = {

@@ -302,10 +302,10 @@ class Trainer:
         from ..matcher import ASMamba
         from .validation import validate
 
+        state = rng_state()  # before anything below draws a random number (building the wrapper initialises weights)
         if self._val_matcher is None:
             self._val_matcher = ASMamba(config=self.model_cfg, pretrained=None)
             self._val_matcher.net = self.model  # share the weights being trained
-        state = rng_state()
         try:
             self._val_matcher.eval()
             row = validate(self._val_matcher, self.val_dataset, self.cfg.val.max_pairs,
