@@ -125,3 +125,15 @@ def test_both_keypoints_leave_the_coarse_grid_and_stay_in_the_matched_cells():
     # image 1's point: within the cell + margin (2 px) + the sub-pixel radius (2 px)
     assert ((k1 - data["mkpts1_c"]).abs() <= 3.0 + 2.0 + 2.0 + 1e-5).all()
     assert ((k1 - data["mkpts1_f_coarse"]).abs() <= 2.0 + 1e-5).all()
+
+
+def test_standardise_uses_only_the_valid_pixels():
+    from asmamba.model.fine_matching import standardise
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 20, 30)
+    y = standardise(x, torch.tensor([[20, 30], [12, 17]]))
+    crop = x[1, 0, :12, :17]
+    assert torch.allclose(y[1, 0, :12, :17], (crop - crop.mean()) / crop.std(unbiased=False), atol=1e-5)
+    assert y[1, 0, 12:].abs().max() == 0 and y[1, 0, :, 17:].abs().max() == 0
+    assert torch.allclose(y[0, 0], (x[0, 0] - x[0, 0].mean()) / x[0, 0].std(unbiased=False), atol=1e-5)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from ..mamba.mamba import Mamba
-from .encoder import LayerNorm2d
+from .encoder import LayerNorm2d, masked_moments, valid_mask
 
 
 def separable_block(channels: int) -> nn.Sequential:
@@ -218,13 +218,8 @@ def sample_points(feature: torch.Tensor, b: torch.Tensor, pts: torch.Tensor, str
 
 def standardise(image: torch.Tensor, valid_hw: torch.Tensor) -> torch.Tensor:
     """Per-image zero mean / unit std over the valid (unpadded) pixels; padding reads 0. ``(B, 1, H, W)``."""
-    B, _, H, W = image.shape
-    rows = torch.arange(H, device=image.device)[None, :, None] < valid_hw[:, 0, None, None]
-    cols = torch.arange(W, device=image.device)[None, None, :] < valid_hw[:, 1, None, None]
-    valid = (rows & cols)[:, None].to(image.dtype)  # (B, 1, H, W)
-    n = valid.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)
-    mean = (image * valid).sum(dim=(1, 2, 3), keepdim=True) / n
-    var = (((image - mean) * valid) ** 2).sum(dim=(1, 2, 3), keepdim=True) / n
+    valid = valid_mask(valid_hw, image.shape)  # (B, 1, H, W)
+    mean, var, _ = masked_moments(image, valid)
     return (image - mean) / var.sqrt().clamp(min=1e-3) * valid
 
 
