@@ -386,7 +386,7 @@ def render(results: dict, cfg: dict, machine: str) -> str:
         if baseline or missing:
             rows.append(["same run: baselines at " + lat["size"], "; ".join(x for x in (baseline, missing) if x), "", ""])
         if "previous_over_current" in lat:
-            rows.append([f"{lat['size']}: previous release's scan path / current",
+            rows.append([f"{lat['size']}: PyTorch scan, one scan call per direction / current",
                          f"{lat['ms']['asmamba_previous']['median']:.0f} ms / {ms:.0f} ms = "
                          f"{_ratio_text(lat['previous_over_current'])}", "", ""])
         r = lat["large_over_small"]

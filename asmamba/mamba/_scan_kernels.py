@@ -251,61 +251,70 @@ def softplus_into(x, out):
 
 
 @_jit(parallel=True, fastmath=FASTMATH)
-def scan_forward(u, delta, bias, A_T, Bt, Ct, D, z, blocks, use_softplus, out, last, starts, segment):
+def scan_forward(u, delta, bias, A_T, Bt, Ct, D, z, blocks, use_softplus, out, last, starts, segment, n_chunks):
     """out = (C . h + D u) * silu(z) (no gate without z), last = h after the last step, with the step sizes
     softplus(delta + bias) (or delta + bias without ``use_softplus``).
 
-    out: (b, L, d); last: (b, d, N); starts: (b, P, S, N, width), the states entering steps 0, segment, 2 segment,
-    ... of every block, S = ceil(L / segment), or S = 0 when the backward pass will not run.
-    The inner loops index 1-D slices from 0 (known non-negative indices: no wrap-around code, so LLVM vectorises).
+    out: (b, L, d); last: (b, d, N); starts: (b, P, S, N, W) with W >= every block's width, the states entering
+    steps 0, segment, 2 segment, ... of every block, S = ceil(L / segment), or S = 0 when the backward pass will
+    not run. The b * P tasks run in ``n_chunks`` parallel chunks of consecutive tasks, each chunk with one set of
+    work buffers (allocating them per task cost ~40 % of the many short window scans). The inner loops index 1-D
+    slices from 0 (known non-negative indices: no wrap-around code, so LLVM vectorises them).
     """
     batch, length, dim = u.shape
     n_state, groups = A_T.shape[0], Bt.shape[1]
     per_group = dim // groups
     n_blocks = blocks.shape[0]
+    n_tasks = batch * n_blocks
+    per_chunk = (n_tasks + n_chunks - 1) // n_chunks
+    max_width = starts.shape[4]
     has_z = z.shape[0] > 0
     keep = starts.shape[2] > 0
-    for task in prange(batch * n_blocks):
-        b = task // n_blocks
-        j = task - b * n_blocks
-        c0, c1 = blocks[j, 0], blocks[j, 1]
-        width = c1 - c0
-        g = c0 // per_group
-        bias_j, D_j = bias[c0:c1], D[c0:c1]
-        h = np.zeros((n_state, width), dtype=u.dtype)
-        step = np.empty(width, dtype=u.dtype)
-        drive = np.empty(width, dtype=u.dtype)
-        y = np.empty(width, dtype=u.dtype)
-        for t in range(length):
-            if keep and t % segment == 0:
-                starts[b, j, t // segment, :, :width] = h
-            u_t, delta_t = u[b, t, c0:c1], delta[b, t, c0:c1]
-            B_t, C_t = Bt[b, g, t], Ct[b, g, t]
-            for w in range(width):
-                x = delta_t[w] + bias_j[w]
-                if use_softplus:
-                    x = softplus(x)
-                step[w] = x
-                drive[w] = x * u_t[w]
-                y[w] = D_j[w] * u_t[w]
+    for chunk in prange(n_chunks):
+        h_buffer = np.empty((n_state, max_width), dtype=u.dtype)
+        step_buffer = np.empty(max_width, dtype=u.dtype)
+        drive_buffer = np.empty(max_width, dtype=u.dtype)
+        y_buffer = np.empty(max_width, dtype=u.dtype)
+        for task in range(chunk * per_chunk, min(n_tasks, (chunk + 1) * per_chunk)):
+            b = task // n_blocks
+            j = task - b * n_blocks
+            c0, c1 = blocks[j, 0], blocks[j, 1]
+            width = c1 - c0
+            g = c0 // per_group
+            bias_j, D_j = bias[c0:c1], D[c0:c1]
+            step, drive, y = step_buffer[:width], drive_buffer[:width], y_buffer[:width]
             for n in range(n_state):
-                h_n, a_n = h[n], A_T[n, c0:c1]
-                B_tn, C_tn = B_t[n], C_t[n]
+                h_buffer[n, :width] = 0.0
+            for t in range(length):
+                if keep and t % segment == 0:
+                    starts[b, j, t // segment, :, :width] = h_buffer[:, :width]
+                u_t, delta_t = u[b, t, c0:c1], delta[b, t, c0:c1]
+                B_t, C_t = Bt[b, g, t], Ct[b, g, t]
                 for w in range(width):
-                    state = exp(step[w] * a_n[w]) * h_n[w] + drive[w] * B_tn
-                    h_n[w] = state
-                    y[w] += state * C_tn
-            out_t = out[b, t, c0:c1]
-            if has_z:
-                z_t = z[b, t, c0:c1]
+                    x = delta_t[w] + bias_j[w]
+                    if use_softplus:
+                        x = softplus(x)
+                    step[w] = x
+                    drive[w] = x * u_t[w]
+                    y[w] = D_j[w] * u_t[w]
+                for n in range(n_state):
+                    h_n, a_n = h_buffer[n, :width], A_T[n, c0:c1]
+                    B_tn, C_tn = B_t[n], C_t[n]
+                    for w in range(width):
+                        state = exp(step[w] * a_n[w]) * h_n[w] + drive[w] * B_tn
+                        h_n[w] = state
+                        y[w] += state * C_tn
+                out_t = out[b, t, c0:c1]
+                if has_z:
+                    z_t = z[b, t, c0:c1]
+                    for w in range(width):
+                        out_t[w] = y[w] * z_t[w] * sigmoid(z_t[w])
+                else:
+                    for w in range(width):
+                        out_t[w] = y[w]
+            for n in range(n_state):
                 for w in range(width):
-                    out_t[w] = y[w] * z_t[w] * sigmoid(z_t[w])
-            else:
-                for w in range(width):
-                    out_t[w] = y[w]
-        for n in range(n_state):
-            for w in range(width):
-                last[b, c0 + w, n] = h[n, w]
+                    last[b, c0 + w, n] = h_buffer[n, w]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -315,14 +324,15 @@ def scan_forward(u, delta, bias, A_T, Bt, Ct, D, z, blocks, use_softplus, out, l
 
 @_jit(parallel=True, fastmath=FASTMATH)
 def scan_backward(u, delta, bias, A_T, Bt, Ct, D, z, blocks, use_softplus, grad_out, grad_last, starts, segment,
-                  du, d_delta, dz, dA, dB, dC, dD, d_bias):
+                  n_chunks, du, d_delta, dz, dA, dB, dC, dD, d_bias):
     """Adjoint of :func:`scan_forward`: gradients with respect to every input.
 
     With gy = grad_out * silu(z) (the gradient of y = C . h + D u), the state adjoint
     g_t = C_t gy_t + exp(dt_{t+1} A) g_{t+1} (started from grad_last) and q_t = g_t exp(dt_t A) h_{t-1}, per step:
     dB_t = sum_c g_t dt_t u_t, dC_t = sum_c gy_t h_t, du_t = dt_t (g_t . B_t) + D gy_t,
     d dt_t = (q_t . A) + u_t (g_t . B_t), dA += q_t dt_t, dD += gy_t u_t, and d delta_t = d dt_t softplus'(delta_t +
-    bias), summed into d_bias. The states are recomputed segment by segment from ``starts``.
+    bias), summed into d_bias. The states are recomputed segment by segment from ``starts``; tasks run in chunks as
+    in :func:`scan_forward`.
 
     du, d_delta, dz: (b, L, d) (dz: (0, 0, 0) without z); dA: (b, d, N), dD, d_bias: (b, d), each task writing its
     own channels of batch item b (summed over b outside); dB, dC: (b, P, L, N), block j's share of group
@@ -332,105 +342,111 @@ def scan_backward(u, delta, bias, A_T, Bt, Ct, D, z, blocks, use_softplus, grad_
     n_state, groups = A_T.shape[0], Bt.shape[1]
     per_group = dim // groups
     n_blocks = blocks.shape[0]
+    n_tasks = batch * n_blocks
+    per_chunk = (n_tasks + n_chunks - 1) // n_chunks
+    max_width = starts.shape[4]
     has_z = z.shape[0] > 0
     n_segments = starts.shape[2]
-    for task in prange(batch * n_blocks):
-        b = task // n_blocks
-        j = task - b * n_blocks
-        c0, c1 = blocks[j, 0], blocks[j, 1]
-        width = c1 - c0
-        g = c0 // per_group
-        bias_j, D_j = bias[c0:c1], D[c0:c1]
-        # states[i] = the state entering step t0 + i of the segment (states[0] from `starts`)
-        states = np.empty((segment + 1, n_state, width), dtype=u.dtype)
-        decays = np.empty((segment, n_state, width), dtype=u.dtype)
-        steps = np.empty((segment, width), dtype=u.dtype)
-        drives = np.empty((segment, width), dtype=u.dtype)
-        ys = np.empty((segment, width), dtype=u.dtype)
-        adjoint = np.empty((n_state, width), dtype=u.dtype)
-        grad_A = np.zeros((n_state, width), dtype=u.dtype)
-        grad_y = np.empty(width, dtype=u.dtype)
-        along_B = np.empty(width, dtype=u.dtype)
-        along_A = np.empty(width, dtype=u.dtype)
-        grad_D = np.zeros(width, dtype=u.dtype)
-        grad_bias = np.zeros(width, dtype=u.dtype)
-        for n in range(n_state):
-            for w in range(width):
-                adjoint[n, w] = grad_last[b, c0 + w, n]
-        for s in range(n_segments - 1, -1, -1):
-            t0 = s * segment
-            t1 = min(length, t0 + segment)
-            states[0] = starts[b, j, s, :, :width]
-            for t in range(t0, t1):  # recompute the segment's step sizes, decays, states and read-outs
-                i = t - t0
-                u_t, delta_t = u[b, t, c0:c1], delta[b, t, c0:c1]
-                B_t, C_t = Bt[b, g, t], Ct[b, g, t]
-                step, drive, y = steps[i], drives[i], ys[i]
-                for w in range(width):
-                    x = delta_t[w] + bias_j[w]
-                    if use_softplus:
-                        x = softplus(x)
-                    step[w] = x
-                    drive[w] = x * u_t[w]
-                    y[w] = D_j[w] * u_t[w]
-                for n in range(n_state):
-                    a_n, decay_n = A_T[n, c0:c1], decays[i, n]
-                    before, after = states[i, n], states[i + 1, n]
-                    B_tn, C_tn = B_t[n], C_t[n]
-                    for w in range(width):
-                        decay = exp(step[w] * a_n[w])
-                        decay_n[w] = decay
-                        state = decay * before[w] + drive[w] * B_tn
-                        after[w] = state
-                        y[w] += state * C_tn
-            for t in range(t1 - 1, t0 - 1, -1):  # the adjoint, backwards through the segment
-                i = t - t0
-                u_t, delta_t, go_t = u[b, t, c0:c1], delta[b, t, c0:c1], grad_out[b, t, c0:c1]
-                B_t, C_t = Bt[b, g, t], Ct[b, g, t]
-                step, drive, y = steps[i], drives[i], ys[i]
-                if has_z:
-                    z_t, dz_t = z[b, t, c0:c1], dz[b, t, c0:c1]
-                    for w in range(width):
-                        sg = sigmoid(z_t[w])
-                        one = one_like(sg)
-                        dz_t[w] = go_t[w] * y[w] * sg * (one + z_t[w] * (one - sg))  # y holds C . h + D u
-                        grad_y[w] = go_t[w] * z_t[w] * sg
-                else:
-                    for w in range(width):
-                        grad_y[w] = go_t[w]
-                for w in range(width):
-                    grad_D[w] += grad_y[w] * u_t[w]
-                    along_B[w] = 0.0
-                    along_A[w] = 0.0
-                for n in range(n_state):
-                    a_n, decay_n = A_T[n, c0:c1], decays[i, n]
-                    before, after, adjoint_n, grad_A_n = states[i, n], states[i + 1, n], adjoint[n], grad_A[n]
-                    B_tn, C_tn = B_t[n], C_t[n]
-                    sum_B = zero_like(B_tn)
-                    sum_C = zero_like(B_tn)
-                    for w in range(width):
-                        adj = adjoint_n[w] + grad_y[w] * C_tn
-                        sum_C += grad_y[w] * after[w]
-                        sum_B += adj * drive[w]
-                        along_B[w] += adj * B_tn
-                        q = adj * decay_n[w] * before[w]
-                        along_A[w] += q * a_n[w]
-                        grad_A_n[w] += q * step[w]
-                        adjoint_n[w] = adj * decay_n[w]
-                    dB[b, j, t, n] = sum_B
-                    dC[b, j, t, n] = sum_C
-                du_t, d_delta_t = du[b, t, c0:c1], d_delta[b, t, c0:c1]
-                for w in range(width):
-                    du_t[w] = step[w] * along_B[w] + D_j[w] * grad_y[w]
-                    d_step = along_A[w] + u_t[w] * along_B[w]
-                    if use_softplus:
-                        x = delta_t[w] + bias_j[w]
-                        if x <= 20.0:
-                            d_step = d_step * sigmoid(x)
-                    d_delta_t[w] = d_step
-                    grad_bias[w] += d_step
-        for w in range(width):
+    for chunk in prange(n_chunks):
+        # states[i] = the state entering step t0 + i of a segment (states[0] from `starts`)
+        states = np.empty((segment + 1, n_state, max_width), dtype=u.dtype)
+        decays = np.empty((segment, n_state, max_width), dtype=u.dtype)
+        steps = np.empty((segment, max_width), dtype=u.dtype)
+        drives = np.empty((segment, max_width), dtype=u.dtype)
+        ys = np.empty((segment, max_width), dtype=u.dtype)
+        adjoint = np.empty((n_state, max_width), dtype=u.dtype)
+        grad_A = np.empty((n_state, max_width), dtype=u.dtype)
+        buffers = np.empty((5, max_width), dtype=u.dtype)
+        for task in range(chunk * per_chunk, min(n_tasks, (chunk + 1) * per_chunk)):
+            b = task // n_blocks
+            j = task - b * n_blocks
+            c0, c1 = blocks[j, 0], blocks[j, 1]
+            width = c1 - c0
+            g = c0 // per_group
+            bias_j, D_j = bias[c0:c1], D[c0:c1]
+            grad_y, along_B, along_A = buffers[0, :width], buffers[1, :width], buffers[2, :width]
+            grad_D, grad_bias = buffers[3, :width], buffers[4, :width]
+            grad_D[:] = 0.0
+            grad_bias[:] = 0.0
             for n in range(n_state):
-                dA[b, c0 + w, n] = grad_A[n, w]
-            dD[b, c0 + w] = grad_D[w]
-            d_bias[b, c0 + w] = grad_bias[w]
+                grad_A[n, :width] = 0.0
+                for w in range(width):
+                    adjoint[n, w] = grad_last[b, c0 + w, n]
+            for s in range(n_segments - 1, -1, -1):
+                t0 = s * segment
+                t1 = min(length, t0 + segment)
+                states[0, :, :width] = starts[b, j, s, :, :width]
+                for t in range(t0, t1):  # recompute the segment's step sizes, decays, states and read-outs
+                    i = t - t0
+                    u_t, delta_t = u[b, t, c0:c1], delta[b, t, c0:c1]
+                    B_t, C_t = Bt[b, g, t], Ct[b, g, t]
+                    step, drive, y = steps[i, :width], drives[i, :width], ys[i, :width]
+                    for w in range(width):
+                        x = delta_t[w] + bias_j[w]
+                        if use_softplus:
+                            x = softplus(x)
+                        step[w] = x
+                        drive[w] = x * u_t[w]
+                        y[w] = D_j[w] * u_t[w]
+                    for n in range(n_state):
+                        a_n, decay_n = A_T[n, c0:c1], decays[i, n, :width]
+                        before, after = states[i, n, :width], states[i + 1, n, :width]
+                        B_tn, C_tn = B_t[n], C_t[n]
+                        for w in range(width):
+                            decay = exp(step[w] * a_n[w])
+                            decay_n[w] = decay
+                            state = decay * before[w] + drive[w] * B_tn
+                            after[w] = state
+                            y[w] += state * C_tn
+                for t in range(t1 - 1, t0 - 1, -1):  # the adjoint, backwards through the segment
+                    i = t - t0
+                    u_t, delta_t, go_t = u[b, t, c0:c1], delta[b, t, c0:c1], grad_out[b, t, c0:c1]
+                    B_t, C_t = Bt[b, g, t], Ct[b, g, t]
+                    step, drive, y = steps[i, :width], drives[i, :width], ys[i, :width]
+                    if has_z:
+                        z_t, dz_t = z[b, t, c0:c1], dz[b, t, c0:c1]
+                        for w in range(width):
+                            sg = sigmoid(z_t[w])
+                            one = one_like(sg)
+                            dz_t[w] = go_t[w] * y[w] * sg * (one + z_t[w] * (one - sg))  # y holds C . h + D u
+                            grad_y[w] = go_t[w] * z_t[w] * sg
+                    else:
+                        for w in range(width):
+                            grad_y[w] = go_t[w]
+                    for w in range(width):
+                        grad_D[w] += grad_y[w] * u_t[w]
+                        along_B[w] = 0.0
+                        along_A[w] = 0.0
+                    for n in range(n_state):
+                        a_n, decay_n = A_T[n, c0:c1], decays[i, n, :width]
+                        before, after = states[i, n, :width], states[i + 1, n, :width]
+                        adjoint_n, grad_A_n = adjoint[n, :width], grad_A[n, :width]
+                        B_tn, C_tn = B_t[n], C_t[n]
+                        sum_B = zero_like(B_tn)
+                        sum_C = zero_like(B_tn)
+                        for w in range(width):
+                            adj = adjoint_n[w] + grad_y[w] * C_tn
+                            sum_C += grad_y[w] * after[w]
+                            sum_B += adj * drive[w]
+                            along_B[w] += adj * B_tn
+                            q = adj * decay_n[w] * before[w]
+                            along_A[w] += q * a_n[w]
+                            grad_A_n[w] += q * step[w]
+                            adjoint_n[w] = adj * decay_n[w]
+                        dB[b, j, t, n] = sum_B
+                        dC[b, j, t, n] = sum_C
+                    du_t, d_delta_t = du[b, t, c0:c1], d_delta[b, t, c0:c1]
+                    for w in range(width):
+                        du_t[w] = step[w] * along_B[w] + D_j[w] * grad_y[w]
+                        d_step = along_A[w] + u_t[w] * along_B[w]
+                        if use_softplus:
+                            x = delta_t[w] + bias_j[w]
+                            if x <= 20.0:
+                                d_step = d_step * sigmoid(x)
+                        d_delta_t[w] = d_step
+                        grad_bias[w] += d_step
+            for w in range(width):
+                for n in range(n_state):
+                    dA[b, c0 + w, n] = grad_A[n, w]
+                dD[b, c0 + w] = grad_D[w]
+                d_bias[b, c0 + w] = grad_bias[w]

@@ -35,6 +35,8 @@ from .selective_scan import ScanOutput, _as_groups, _check_inputs, _compute_dtyp
 WIDTH = 16
 #: steps between the states the forward keeps for the backward (its recompute buffers are SEGMENT x N x WIDTH)
 SEGMENT = 32
+#: the kernels' tasks run in this many parallel chunks per thread, each with one set of work buffers
+CHUNKS_PER_THREAD = 4
 
 _kernels: Optional[ModuleType] = None
 _checked = False
@@ -75,6 +77,11 @@ def _threads() -> None:
     import numba
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _chunks(tasks: int) -> int:
+    """Parallel chunks of consecutive tasks for the kernels: CHUNKS_PER_THREAD per thread (at most one per task)."""
+    return max(1, min(tasks, CHUNKS_PER_THREAD * torch.get_num_threads()))
 
 
 def _np(t: Tensor):
@@ -135,7 +142,8 @@ class _CompiledSelectiveScan(torch.autograd.Function):
         with _launch:
             _threads()
             kernels.scan_forward(_np(u_t), _np(delta_t), _np(bias), _np(A_T), _np(Bt), _np(Ct), _np(D_), _np(z_t),
-                                 blocks, bool(delta_softplus), _np(out_t), _np(last), _np(starts), SEGMENT)
+                                 blocks, bool(delta_softplus), _np(out_t), _np(last), _np(starts), SEGMENT,
+                                 _chunks(batch * len(blocks)))
         if keep:
             ctx.save_for_backward(u_t, delta_t, bias, A_T, Bt, Ct, D_, z_t, starts)
             ctx.delta_softplus = bool(delta_softplus)
@@ -166,7 +174,7 @@ class _CompiledSelectiveScan(torch.autograd.Function):
             _threads()
             kernels.scan_backward(_np(u_t), _np(delta_t), _np(bias), _np(A_T), _np(Bt), _np(Ct), _np(D_), _np(z_t),
                                   blocks, ctx.delta_softplus, _np(go_t), _np(grad_last), _np(starts), SEGMENT,
-                                  _np(du_t), _np(d_delta_t), _np(dz_t), _np(dA), _np(dB), _np(dC), _np(dD),
+                                  _chunks(batch * len(blocks)), _np(du_t), _np(d_delta_t), _np(dz_t), _np(dA), _np(dB), _np(dC), _np(dD),
                                   _np(d_bias))
         t_u, t_delta, t_A, t_B, t_C, t_D, t_z, t_bias = ctx.dtypes
         per_group = len(blocks) // groups
