@@ -10,7 +10,8 @@ at one scale, match that pair, and map the keypoints back to the original pixels
 >>> from asmamba.scale_adaptation import ScaleAdaptConfig, match_with_scale_adaptation
 >>> matcher = ASMamba()
 >>> single = functools.partial(matcher.forward, scale_adapt=False)      # one pass, no adaptation
->>> out, info = match_with_scale_adaptation(single, {"image0": img0, "image1": img1}, config=ScaleAdaptConfig())
+>>> config = ScaleAdaptConfig(search_ratios=[2.5, 5.0])               # also search when the first pass fails
+>>> out, info = match_with_scale_adaptation(single, {"image0": img0, "image1": img1}, config=config)
 >>> info[0].ratio, info[0].chosen.kind    # e.g. (3.01, 'crop'): image 1 is a 3x zoom of part of image 0
 
 ``ASMamba`` runs this on every call when ``scale_adapt.enabled`` is set in its config (configs/model/base.yaml),
@@ -27,9 +28,10 @@ Per pair of the batch:
 3. A trusted first pass whose ratio is beyond ``min_ratio`` either way guides a *crop pass*: the zoomed-out image
    is cropped to the footprint of the other (through the fitted homography, plus ``crop_margin``) and enlarged
    by the ratio, so both images show the overlap at one scale and at the zoomed-in image's full resolution.
-4. An untrusted first pass (a zoom of about 3x or more leaves no signal at all in the shipped model's matches)
-   starts a search: *shrink passes* with the image that would be zoomed in shrunk by each ``search_ratios`` entry,
-   both ways, in order, until one is trusted; that one guides a crop pass as in 3.
+4. With ``search_ratios`` (off by default: it costs passes on every pair whose first pass is untrusted, zoomed or
+   not), an untrusted first pass (a zoom of about 3x or more leaves no signal at all in the shipped model's
+   matches) starts a search: *shrink passes* with the image that would be zoomed in shrunk by each ratio, both
+   ways, in order, until one is trusted; that one guides a crop pass as in 3.
 5. The trusted pass with the most inliers is returned, if it has more than the first pass; otherwise the first
    pass is returned unchanged. Without a strong ratio in a trusted first pass (most pairs) that costs one RANSAC
    and no extra matching. Keypoints of every pass are mapped back to the original pixels exactly.
@@ -76,8 +78,9 @@ class ScaleAdaptConfig:
         min_inliers: a pass is trusted with at least this many homography inliers ...
         min_inlier_fraction: ... making at least this fraction of its matches.
         ransac_threshold: inlier threshold in pixels at the resolution a pass matched at.
-        search_ratios: ratios tried both ways, in order, when the first pass is not trusted (empty: no search);
-            the search stops at the first trusted pass.
+        search_ratios: ratios tried both ways, in order, when the first pass is not trusted (empty, the default:
+            no search); the search stops at the first trusted pass. ``[2.5, 5.0]`` recovers zooms of 3-4x, at up to
+            four extra passes on every pair whose first pass is untrusted, zoomed or not.
         crop_margin: the crop around the zoomed-in image's footprint adds this fraction of the footprint's size on
             each side.
         max_extra_passes: at most this many passes after the first, per pair.
@@ -89,7 +92,7 @@ class ScaleAdaptConfig:
     min_inliers: int = 24
     min_inlier_fraction: float = 0.2
     ransac_threshold: float = 4.0
-    search_ratios: Sequence[float] = field(default_factory=lambda: [2.5, 5.0])
+    search_ratios: Sequence[float] = field(default_factory=list)
     crop_margin: float = 0.1
     max_extra_passes: int = 5
 
@@ -300,9 +303,17 @@ class ScaleAdaptInfo:
 
 
 def _pair(data: Mapping[str, Any], b: int) -> dict:
+    """Pair ``b`` alone; with masks, each image cut to the top-left rectangle holding its mask's nonzero pixels
+    (padding sits at the bottom and right, kornia's layout), so a padded pair adapts exactly as the bare one and
+    keypoints keep their coordinates."""
     pair = {"image0": data["image0"][b : b + 1], "image1": data["image1"][b : b + 1]}
     if "mask0" in data and "mask1" in data:
-        pair["mask0"], pair["mask1"] = data["mask0"][b : b + 1], data["mask1"][b : b + 1]
+        for k in ("0", "1"):
+            mask = data[f"mask{k}"][b : b + 1] != 0
+            h = int(mask.any(dim=2).nonzero()[:, 1].max()) + 1 if mask.any() else 1
+            w = int(mask.any(dim=1).nonzero()[:, 1].max()) + 1 if mask.any() else 1
+            pair[f"image{k}"] = pair[f"image{k}"][..., :h, :w]
+            pair[f"mask{k}"] = data[f"mask{k}"][b : b + 1, :h, :w]
     return pair
 
 
@@ -319,12 +330,14 @@ def _match_views(match_fn: MatchFn, pair: dict, kind: str, views: dict, config: 
     return PassResult(kind, T["0"], T["1"], estimate, _back(k0, T["0"]), _back(k1, T["1"]), out["confidence"])
 
 
-def _shrink_pass(match_fn: MatchFn, pair: dict, ratio: float, config: ScaleAdaptConfig) -> PassResult:
+def _shrink_pass(match_fn: MatchFn, pair: dict, ratio: float, config: ScaleAdaptConfig) -> Optional[PassResult]:
     """The zoomed-in image (1 when ``ratio`` > 1, else 0) shrunk by ``ratio``, bounded by ``max_ratio`` and by
-    :data:`MIN_RESIZED_SIDE`."""
+    :data:`MIN_RESIZED_SIDE` (None when that leaves no useful shrink)."""
     k = "1" if ratio > 1 else "0"
     limit = max(min(pair[f"image{k}"].shape[-2:]) / MIN_RESIZED_SIDE, 1.0)
     r = min(max(ratio, 1.0 / ratio), config.max_ratio, limit)
+    if r < 1.2:
+        return None  # too small to shrink by any useful ratio
     return _match_views(match_fn, pair, "shrink", {k: (None, 1.0 / r)}, config)
 
 
@@ -347,9 +360,9 @@ def _crop_pass(
     hk, wk = pair[f"image{k}"].shape[-2:]
     x0, y0 = (max(0, math.floor(v)) for v in lo - pad)
     x1, y1 = min(wk, math.ceil(hi[0] + pad[0])), min(hk, math.ceil(hi[1] + pad[1]))
-    if x1 - x0 < 16 or y1 - y0 < 16:
-        return None
     factor = min(max(ratio, 1.0 / ratio), config.max_ratio, 2.0 * max(h, w) / max(x1 - x0, y1 - y0))
+    if min(x1 - x0, y1 - y0) * factor < MIN_RESIZED_SIDE:
+        return None
     return _match_views(match_fn, pair, "crop", {k: ((x0, y0, x1, y1), factor)}, config)
 
 
@@ -364,8 +377,10 @@ def _adapt_pair(match_fn: MatchFn, pair: dict, first: PassResult, config: ScaleA
         for s in config.search_ratios:
             for ratio in (s, 1.0 / s):
                 if guide is None and len(passes) - 1 < config.max_extra_passes - 1:
-                    passes.append(_shrink_pass(match_fn, pair, ratio, config))
-                    guide = passes[-1] if passes[-1].estimate.trusted(config) else None
+                    result = _shrink_pass(match_fn, pair, ratio, config)
+                    if result is not None:
+                        passes.append(result)
+                        guide = result if result.estimate.trusted(config) else None
     if guide is not None and strong(guide.total_ratio) and len(passes) - 1 < config.max_extra_passes:
         crop = _crop_pass(match_fn, pair, guide.homography(), guide.total_ratio, config)
         if crop is not None:

@@ -8,9 +8,9 @@ image 1 zoomed in; the pair swapped gives z < 1). The first pass runs once per p
     python benchmarks/scale_zoom.py --ab homography ../shared/data/homography/*     # on / off on real pairs
     python benchmarks/scale_zoom.py --ab pose ../shared/data/pose/strecha_entry-P10/pairs.txt ...
 
-``--ab`` runs the project's evaluation (``asmamba eval homography`` / ``pose`` code, 640 px) twice from the same
-first passes: with the default adaptation, and with the first pass alone; it times the first pass and the
-adaptation's extra work pair by pair in one process, so the cost ratio holds whatever else the machine runs.
+``--ab`` runs the project's evaluation (``asmamba eval homography`` / ``pose`` code, 640 px) of every setting from
+the same first passes, and times the first pass and each adaptation's extra work pair by pair in one process, so
+the cost ratios hold whatever else the machine runs.
 
 Per pair and setting: matches, the share of matches within 3 px of the GT (pixels of image 1), the mean error of
 image 0's corners through an OpenCV-RANSAC homography (pixels of image 1; HPatches' corner error), passes and time.
@@ -51,8 +51,8 @@ IMAGES = (
 
 SETTINGS = {
     "single pass": None,
-    "adapt, no search": {"search_ratios": []},
-    "adapt (default)": {},
+    "adapt (default, no search)": {},
+    "adapt + search [2.5, 5]": {"search_ratios": [2.5, 5.0]},
 }
 
 
@@ -161,8 +161,8 @@ def main(argv=None) -> int:
     return 0
 
 
-class _FirstThenAdapt(torch.nn.Module):
-    """Runs the plain first pass, then the default adaptation from it; keeps the first pass and the timings."""
+class _Recorder(torch.nn.Module):
+    """Returns the plain first pass; from it, runs the adaptation of every setting and keeps outputs and timings."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -173,44 +173,53 @@ class _FirstThenAdapt(torch.nn.Module):
         single = functools.partial(self.matcher.forward, scale_adapt=False)
         start = time.perf_counter()
         first = single(data)
-        first_s = time.perf_counter() - start
-        out, info = match_with_scale_adaptation(single, data, first, ScaleAdaptConfig())
-        self.log.append({"first": first, "first_s": first_s, "extra_s": time.perf_counter() - start - first_s,
-                         "extra": [p.kind for p in info[0].passes[1:]], "chosen": info[0].chosen.kind})
-        return out
+        record = {"first_s": time.perf_counter() - start}
+        for setting, conf in SETTINGS.items():
+            if conf is None:
+                continue
+            start = time.perf_counter()
+            out, info = match_with_scale_adaptation(single, data, first, ScaleAdaptConfig(**conf))
+            record[setting] = {"out": out, "extra_s": time.perf_counter() - start,
+                               "extra": [p.kind for p in info[0].passes[1:]], "chosen": info[0].chosen.kind}
+        self.log.append(record)
+        return first
 
 
 class _Replay(torch.nn.Module):
-    """Returns the recorded first passes, in call order (the evaluation without adaptation, same first pass)."""
+    """Returns one setting's recorded outputs, in call order."""
 
-    def __init__(self, log: list[dict]) -> None:
+    def __init__(self, log: list[dict], setting: str) -> None:
         super().__init__()
-        self.log, self.calls = log, 0
+        self.log, self.setting, self.calls = log, setting, 0
 
     def forward(self, data: dict) -> dict:
         self.calls += 1
-        return self.log[self.calls - 1]["first"]
+        return self.log[self.calls - 1][self.setting]["out"]
 
 
 def ab(protocol: str, sources: list, size: int, max_pairs=None) -> int:
-    """The project's evaluation (pose or homography) with and without adaptation from the same first passes,
-    and the adaptation's cost pair by pair."""
+    """The project's evaluation (pose or homography) of every setting from the same first passes, and what each
+    adaptation costs over them, pair by pair in one process."""
     from asmamba.training.evaluation.homography import evaluate_homography, homography_markdown
     from asmamba.training.evaluation.pose import evaluate_pose, pose_markdown
 
     evaluate, md = (evaluate_homography, homography_markdown) if protocol == "homography" else \
         (evaluate_pose, pose_markdown)
-    adapt = _FirstThenAdapt()
-    on = evaluate(adapt, sources, resize_max=size, max_pairs=max_pairs, progress=False)
-    off = evaluate(_Replay(adapt.log), sources, resize_max=size, max_pairs=max_pairs, progress=False)
-    print("single pass:\n" + md(off) + "\n\nwith scale adaptation (default settings):\n" + md(on))
-    first = sum(r["first_s"] for r in adapt.log)
-    extra = sum(r["extra_s"] for r in adapt.log)
-    triggered = [r for r in adapt.log if r["extra"]]
-    print(f"\n{len(adapt.log)} pairs; extra passes on {len(triggered)}: "
-          + ", ".join(f"{'+'.join(r['extra'])} -> {r['chosen']}" for r in triggered))
-    print(f"time: first passes {first:.1f} s, adaptation extra {extra:.1f} s (+{100 * extra / first:.0f} %); "
-          f"load average {os.getloadavg()}")
+    recorder = _Recorder()
+    results = {"single pass": evaluate(recorder, sources, resize_max=size, max_pairs=max_pairs, progress=False)}
+    first = sum(r["first_s"] for r in recorder.log)
+    lines = [f"single pass:\n{md(results['single pass'])}"]
+    for setting, conf in SETTINGS.items():
+        if conf is None:
+            continue
+        results[setting] = evaluate(_Replay(recorder.log, setting), sources, resize_max=size, max_pairs=max_pairs,
+                                    progress=False)
+        extra = sum(r[setting]["extra_s"] for r in recorder.log)
+        triggered = [r[setting] for r in recorder.log if r[setting]["extra"]]
+        lines.append(f"{setting}:\n{md(results[setting])}\nextra passes on {len(triggered)} of {len(recorder.log)} "
+                     "pairs: " + ", ".join(f"{'+'.join(r['extra'])} -> {r['chosen']}" for r in triggered)
+                     + f"\ntime: first passes {first:.1f} s, extra {extra:.1f} s (+{100 * extra / first:.0f} %)")
+    print("\n\n".join(lines) + f"\n\nload average {os.getloadavg()}")
     return 0
 
 

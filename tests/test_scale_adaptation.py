@@ -29,7 +29,8 @@ def _project(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def test_scale_ratio_of_a_similarity_with_outliers(zoom):
     rng = np.random.default_rng(0)
     a = math.radians(25)
-    H = np.array([[zoom * math.cos(a), -zoom * math.sin(a), 40], [zoom * math.sin(a), zoom * math.cos(a), -25], [0, 0, 1]])
+    c, s = zoom * math.cos(a), zoom * math.sin(a)
+    H = np.array([[c, -s, 40], [s, c, -25], [0, 0, 1]])
     k0 = rng.uniform(0, 400, (300, 2))
     k1 = _project(H, k0) + rng.normal(0, 0.3, (300, 2))
     k1[:90] = rng.uniform(-200, 600, (90, 2))  # 30 % outliers
@@ -132,6 +133,9 @@ def _true_error(out, b, zoom, h=240, w=320):
     return np.linalg.norm(zoom * (k0 - c) + c - k1, axis=1)
 
 
+SEARCH = {"search_ratios": [2.5, 5.0]}
+
+
 def _run(zoom, first=None, **conf):
     fake = ZoomLimitedMatcher([zoom])
     data = fake.images()
@@ -165,25 +169,25 @@ def test_trusted_strong_zoom_crops_and_enlarges_the_zoomed_out_image(zoom):
 
 @pytest.mark.parametrize("zoom", [3.0, 1 / 3.0, 4.5, 1 / 6.0])
 def test_untrusted_first_pass_searches_then_crops(zoom):
-    fake, out, info = _run(zoom)
+    fake, out, info = _run(zoom, **SEARCH)
     kinds = [p.kind for p in info.passes]
     assert kinds[0] == "first" and kinds[-1] == "crop" and set(kinds[1:-1]) == {"shrink"}
     assert not info.passes[0].estimate.trusted(ScaleAdaptConfig())  # the zoom defeated the first pass
     assert abs(info.ratio / zoom - 1) < 0.01
     err = _true_error(out, 0, zoom)
     assert len(err) > 500 and err.max() < 1e-3
-    assert len(info.passes) <= 1 + ScaleAdaptConfig().max_extra_passes
+    assert len(info.passes) <= 1 + ScaleAdaptConfig(**SEARCH).max_extra_passes
 
 
 def test_search_stops_at_the_first_trusted_shrink_pass():
-    _, _, info = _run(2.5)  # the first search ratio (2.5) is right: no other candidate is tried
+    _, _, info = _run(2.5, **SEARCH)  # the first search ratio (2.5) is right: no other candidate is tried
     assert [(p.kind, round(p.ratio, 2)) for p in info.passes] == [("first", 1.0), ("shrink", 2.5), ("crop", 2.5)]
 
 
 def test_search_off_and_hopeless_zoom_keep_the_first_pass():
-    fake, _, info = _run(3.0, search_ratios=[])
+    fake, _, info = _run(3.0)  # the default: no search
     assert len(fake.calls) == 1 and info.chosen_index == 0 and math.isnan(info.ratio)
-    fake, out, info = _run(20.0)  # beyond every candidate: four shrink passes, none trusted, no crop
+    fake, out, info = _run(20.0, **SEARCH)  # beyond every candidate: four shrink passes, none trusted, no crop
     assert [p.kind for p in info.passes] == ["first"] + ["shrink"] * 4
     assert info.chosen_index == 0 and len(out["keypoints0"]) == 200
 
@@ -264,7 +268,8 @@ def test_shipped_model_recovers_a_3x_zoom_of_a_real_photo(shipped):
     single = lambda d: shipped(d, scale_adapt=False)  # noqa: E731
     with torch.inference_mode():
         first = single({"image0": im0, "image1": im1})
-        out, info = match_with_scale_adaptation(single, {"image0": im0, "image1": im1}, first, ScaleAdaptConfig())
+        config = ScaleAdaptConfig(**SEARCH)
+        out, info = match_with_scale_adaptation(single, {"image0": im0, "image1": im1}, first, config)
     assert abs(info[0].ratio / 3.0 - 1) < 0.10
     err = np.linalg.norm(_project(H, out["keypoints0"].double().numpy()) - out["keypoints1"].double().numpy(), axis=1)
     assert len(err) >= 50 and np.median(err) < 3.0 and (err < 6).mean() > 0.6  # in image 1's (zoomed-in) pixels
@@ -274,19 +279,28 @@ def test_shipped_model_recovers_a_3x_zoom_of_a_real_photo(shipped):
 
 
 @pytest.mark.skipif(not PHOTO.is_file(), reason=f"shared data photo {PHOTO} not present")
-def test_forward_hook_follows_the_config_switch(shipped):
+def test_forward_hook_is_on_by_default_and_follows_the_switch(shipped):
     from asmamba import ASMamba
 
     im1, im0, H_inv = _zoom_pair(PHOTO, 2.0, 480)  # image 0 is the zoomed-in one
     H = np.linalg.inv(H_inv)
-    adapted = ASMamba(overrides=["scale_adapt.enabled=true", "scale_adapt.search_ratios=[]"])
     with torch.inference_mode():
-        on = adapted({"image0": im0, "image1": im1})
-        off = adapted({"image0": im0, "image1": im1}, scale_adapt=False)
+        on = shipped({"image0": im0, "image1": im1})  # the shipped config: adaptation on
+        off = shipped({"image0": im0, "image1": im1}, scale_adapt=False)
+        # padded into a larger canvas with masks (kornia's layout), the adapted answer is the same
+        canvas = [torch.zeros(1, 1, im.shape[-2] + 24, im.shape[-1] + 40) for im in (im0, im1)]
+        masks = [torch.zeros(1, c.shape[-2], c.shape[-1]) for c in canvas]
+        for c, m, im in zip(canvas, masks, (im0, im1)):
+            c[..., : im.shape[-2], : im.shape[-1]] = im
+            m[:, : im.shape[-2], : im.shape[-1]] = 1
+        padded = shipped({"image0": canvas[0], "image1": canvas[1], "mask0": masks[0], "mask1": masks[1]})
     shares = []
     for out in (on, off):
-        err = np.linalg.norm(_project(H, out["keypoints0"].double().numpy()) - out["keypoints1"].double().numpy(), axis=1)
+        k0, k1 = out["keypoints0"].double().numpy(), out["keypoints1"].double().numpy()
+        err = np.linalg.norm(_project(H, k0) - k1, axis=1)
         shares.append((err < 3).mean())
     assert shares[0] > 0.8 and shares[0] > shares[1] + 0.2, shares
+    assert len(padded["keypoints0"]) == len(on["keypoints0"])
+    assert torch.allclose(padded["keypoints1"], on["keypoints1"], atol=1e-3)
     with pytest.raises(ConfigError, match="scale_adapt"):
         ASMamba(overrides=["scale_adapt.min_ratios=2"])
