@@ -94,7 +94,8 @@ def _results(ms=450.0, large=2100.0, peak=2500.0, scan_speedup=25.0, train_ratio
     r = lambda v: {"median": v, "min": v, "max": v, "n": 3}  # noqa: E731
     return {
         "latency": {"size": "640x480", "large_size": "1280x960", "errors": {"aliked_lightglue": "ImportError: x"},
-                    "ms": {"asmamba": r(ms), "asmamba_large": r(large), "loftr": r(4000.0), "asmamba_previous": r(900.0)},
+                    "ms": {"asmamba": r(ms), "asmamba_large": r(large), "loftr": r(4000.0),
+                           "asmamba_previous": r(900.0)},
                     "matches": {"asmamba": 3600}, "large_over_small": r(large / ms),
                     "previous_over_current": r(900.0 / ms), "asmamba_over_loftr": r(ms / 4000.0), "load_average": 1.5},
         "memory": {"size": "1024x768", "peak_rss_mib": peak, "load_average": 0.5},

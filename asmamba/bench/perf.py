@@ -372,7 +372,8 @@ def render(results: dict, cfg: dict, machine: str) -> str:
     rows = []
     if _failed(lat) is None:
         ms = lat["ms"]["asmamba"]["median"]
-        baseline = ", ".join(f"{name}: {lat['ms'][name]['median']:.0f} ms, AS-Mamba/it {_ratio_text(lat[f'asmamba_over_{name}'])}"
+        baseline = ", ".join(f"{name}: {lat['ms'][name]['median']:.0f} ms, "
+                             f"AS-Mamba/it {_ratio_text(lat[f'asmamba_over_{name}'])}"
                              for name in cfg["baselines"] if name in lat["ms"])
         missing = "; ".join(f"{name} not run ({why})" for name, why in lat["errors"].items())
         met = "yes" if ms <= cfg["latency_target_ms"] else "no"
@@ -384,7 +385,8 @@ def render(results: dict, cfg: dict, machine: str) -> str:
                      f"{ms:.0f} ms ({lat['matches']['asmamba']} matches)",
                      f"<= {cfg['latency_target_ms']} ms and below ALIKED+LightGlue", met])
         if baseline or missing:
-            rows.append(["same run: baselines at " + lat["size"], "; ".join(x for x in (baseline, missing) if x), "", ""])
+            rows.append(["same run: baselines at " + lat["size"], "; ".join(x for x in (baseline, missing) if x),
+                         "", ""])
         if "previous_over_current" in lat:
             rows.append([f"{lat['size']}: PyTorch scan, one scan call per direction / current",
                          f"{lat['ms']['asmamba_previous']['median']:.0f} ms / {ms:.0f} ms = "
@@ -396,7 +398,8 @@ def render(results: dict, cfg: dict, machine: str) -> str:
     else:
         rows.append(["latency", _failed(lat), "", ""])
     if _failed(mem) is None:
-        rows.append([f"peak RSS, {mem['size']} pair", f"{mem['peak_rss_mib']:.0f} MiB", f"< {cfg['memory_target_mib']} MiB",
+        rows.append([f"peak RSS, {mem['size']} pair", f"{mem['peak_rss_mib']:.0f} MiB",
+                     f"< {cfg['memory_target_mib']} MiB",
                      "yes" if mem["peak_rss_mib"] < cfg["memory_target_mib"] else "no"])
     else:
         rows.append(["peak RSS", _failed(mem), "", ""])
@@ -413,7 +416,8 @@ def render(results: dict, cfg: dict, machine: str) -> str:
         sph = train["steps_per_hour"]
         rows.append([f"training step ({train['config']}, batch {train['batch_size']})",
                      f"{train['ms']['current']['median']:.0f} ms: {sph['current']:.0f} steps/h (previous "
-                     f"{sph['previous']:.0f} steps/h), {_ratio_text(r)} faster", f">= {cfg['train']['target']:g}x faster",
+                     f"{sph['previous']:.0f} steps/h), {_ratio_text(r)} faster",
+                     f">= {cfg['train']['target']:g}x faster",
                      "yes" if r["median"] >= cfg["train"]["target"] else "no"])
     else:
         rows.append(["training step", _failed(train), "", ""])
@@ -432,7 +436,8 @@ def render(results: dict, cfg: dict, machine: str) -> str:
         for mode in ("forward", "forward_backward"):
             scan_rows.append([mode.replace("_", " + "), f"{ms[f'reference_{mode}']['median']:.0f}",
                               f"{ms[f'pytorch_{mode}']['median']:.0f}", f"{ms[f'current_{mode}']['median']:.0f}",
-                              _ratio_text(scan[f"speedup_pytorch_{mode}"]), _ratio_text(scan[f"speedup_current_{mode}"])])
+                              _ratio_text(scan[f"speedup_pytorch_{mode}"]),
+                              _ratio_text(scan[f"speedup_current_{mode}"])])
         shape = scan["shape"]
         lines.append(f"\nSelective scan, batch {shape['batch']}, dim {shape['dim']}, N {shape['state']}, "
                      f"L {shape['length']}, float32 (ms, median of {cfg['scan']['repeats']}; speed-ups per repeat, "

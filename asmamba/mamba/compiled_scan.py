@@ -174,8 +174,8 @@ class _CompiledSelectiveScan(torch.autograd.Function):
             _threads()
             kernels.scan_backward(_np(u_t), _np(delta_t), _np(bias), _np(A_T), _np(Bt), _np(Ct), _np(D_), _np(z_t),
                                   blocks, ctx.delta_softplus, _np(go_t), _np(grad_last), _np(starts), SEGMENT,
-                                  _chunks(batch * len(blocks)), _np(du_t), _np(d_delta_t), _np(dz_t), _np(dA), _np(dB), _np(dC), _np(dD),
-                                  _np(d_bias))
+                                  _chunks(batch * len(blocks)), _np(du_t), _np(d_delta_t), _np(dz_t), _np(dA),
+                                  _np(dB), _np(dC), _np(dD), _np(d_bias))
         t_u, t_delta, t_A, t_B, t_C, t_D, t_z, t_bias = ctx.dtypes
         per_group = len(blocks) // groups
 

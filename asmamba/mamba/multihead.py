@@ -140,7 +140,8 @@ def cat_channels(parts: Sequence[Tensor]) -> Tensor:
 
 
 def stack_heads(parts: Sequence[Tensor]) -> Tensor:
-    """(B, N, L) tensors (or (B, h, N, L) groups) -> (B, heads, N, L), time-major in memory like :func:`cat_channels`."""
+    """(B, N, L) tensors (or (B, h, N, L) groups) -> (B, heads, N, L), time-major in memory (see
+    :func:`cat_channels`)."""
     parts = [p.unsqueeze(1) if p.dim() == 3 else p for p in parts]
     return torch.cat([p.transpose(-1, -2) for p in parts], dim=1).transpose(-1, -2)
 
