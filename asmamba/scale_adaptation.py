@@ -83,6 +83,9 @@ class ScaleAdaptConfig:
             four extra passes on every pair whose first pass is untrusted, zoomed or not.
         crop_margin: the crop around the zoomed-in image's footprint adds this fraction of the footprint's size on
             each side.
+        crop_thin: keep one match (the most confident) per 8 px cell of the enlarged image's original pixels: the
+            density of a plain pass, which per-image keypoint quantisation (SfM, hloc) relies on; the crop pass
+            otherwise puts ``ratio**2`` times as many matches there and its points crowd out the other pairs'.
         max_extra_passes: at most this many passes after the first, per pair.
     """
 
@@ -94,6 +97,7 @@ class ScaleAdaptConfig:
     ransac_threshold: float = 4.0
     search_ratios: Sequence[float] = field(default_factory=list)
     crop_margin: float = 0.1
+    crop_thin: bool = True
     max_extra_passes: int = 5
 
     def __post_init__(self) -> None:
@@ -363,7 +367,25 @@ def _crop_pass(
     factor = min(max(ratio, 1.0 / ratio), config.max_ratio, 2.0 * max(h, w) / max(x1 - x0, y1 - y0))
     if min(x1 - x0, y1 - y0) * factor < MIN_RESIZED_SIDE:
         return None
-    return _match_views(match_fn, pair, "crop", {k: ((x0, y0, x1, y1), factor)}, config)
+    result = _match_views(match_fn, pair, "crop", {k: ((x0, y0, x1, y1), factor)}, config)
+    if config.crop_thin:
+        keep = _one_per_cell(result.keypoints0 if k == "0" else result.keypoints1, result.confidence)
+        result.keypoints0, result.keypoints1 = result.keypoints0[keep], result.keypoints1[keep]
+        result.confidence = result.confidence[keep]
+    return result
+
+
+def _one_per_cell(points: torch.Tensor, confidence: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """Indices of the most confident point in each ``cell``-pixel cell (pixel edges at ``-0.5``), in input order."""
+    if len(points) == 0:
+        return torch.zeros(0, dtype=torch.long, device=points.device)
+    ij = torch.floor((points.detach().double() + 0.5) / cell).long()
+    key = (ij[:, 1] - ij[:, 1].min()) * (ij[:, 0].max() - ij[:, 0].min() + 1) + (ij[:, 0] - ij[:, 0].min())
+    order = torch.argsort(confidence.detach().double(), descending=True, stable=True)
+    _, first = torch.unique(key[order], return_inverse=True)
+    best = torch.full((int(first.max()) + 1,), len(order), dtype=torch.long, device=points.device)
+    best.scatter_reduce_(0, first, torch.arange(len(order), device=points.device), reduce="amin")
+    return torch.sort(order[best]).values
 
 
 def _adapt_pair(match_fn: MatchFn, pair: dict, first: PassResult, config: ScaleAdaptConfig) -> ScaleAdaptInfo:
