@@ -231,3 +231,21 @@ def test_bad_inputs_raise() -> None:
         scanner.merge(torch.zeros(1, 4, 2, 8), (4, 6))
     with pytest.raises(ValueError):
         hilbert_curve(0, 3)
+
+
+@pytest.mark.parametrize("kind", ["jego", "hilbert"])
+def test_orders_first_built_in_inference_mode_still_train(kind: str) -> None:
+    """An evaluation under ``torch.inference_mode()`` at a size no one used before fills the order caches; a later
+    training step at that size must still backpropagate through the scan (CI run of session 4 failed here)."""
+    height, width = 14, 22  # a size no other test uses
+    scan = JointScan(kind)
+    with torch.inference_mode():
+        scan.scan(torch.randn(1, 3, height, width), torch.randn(1, 3, height, width))
+    f0 = torch.randn(1, 3, height, width, requires_grad=True)
+    f1 = torch.randn(1, 3, height, width, requires_grad=True)
+    seq = scan.scan(f0, f1)
+    out0, out1 = scan.merge(seq * 2.0, (height, width))
+    (g0, g1) = torch.autograd.grad((out0.sum() + out1.sum()), [f0, f1])
+    # the four directions together read every token once and merge puts it back: d(sum)/d(token) = 2
+    torch.testing.assert_close(g0, torch.full_like(f0, 2.0))
+    torch.testing.assert_close(g1, torch.full_like(f1, 2.0))

@@ -167,8 +167,9 @@ def test_collate_pads_items_of_different_sizes():
     b = make_pair_item(np.full((24, 16), 255, np.uint8), np.full((8, 8), 255, np.uint8), np.ones((24, 16), bool),
                        np.ones((8, 8), bool), "b", H_0to1=np.eye(3))
     batch = add_valid_sizes(collate([a, b]))
-    assert batch["image0"].shape == (2, 1, 24, 24) and batch["image1"].shape == (2, 1, 16, 24)
-    assert batch["depth1"].shape == (2, 16, 24)
+    # one canvas for both views: the model takes image0 and image1 of one size
+    assert batch["image0"].shape == (2, 1, 24, 24) and batch["image1"].shape == (2, 1, 24, 24)
+    assert batch["depth1"].shape == (2, 24, 24) and not batch["mask1"][:, 16:].any()
     assert batch["mask0"][0].sum() == 16 * 24 and not batch["mask0"][0, 16:].any()
     assert batch["image0"][1, 0, :, 16:].abs().sum() == 0 and batch["image0"][1, 0, :24, :16].min() == 1.0
     assert batch["valid_hw1"].tolist() == [[16, 24], [8, 8]]

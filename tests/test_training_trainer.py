@@ -388,3 +388,25 @@ def test_two_process_ddp_run_agrees_on_weights(tmp_path):
     assert [float(r["step"]) for r in read_log(out / "log.csv")] == [0, 2, 3]
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 4 and ckpt["skipped"] == 1
+
+
+def test_a_pair_of_a_portrait_and_a_landscape_view_trains(tmp_path):
+    """The v2 run died at step 39 on an SfM pair of a 352x512 and a 512x384 view: collate padded image0 and image1
+    to different canvases and the encoder could not stack them."""
+    from skimage.data import camera
+
+    from asmamba.training.data.common import make_pair_item
+
+    img = camera()
+    portrait, landscape = img[0:96, 0:64], img[10:74, 5:101]  # image1 = image0 shifted by (-5, -10)
+    H = np.array([[1.0, 0.0, -5.0], [0.0, 1.0, -10.0], [0.0, 0.0, 1.0]])
+    item = make_pair_item(portrait, landscape, np.ones(portrait.shape, bool), np.ones(landscape.shape, bool),
+                          "portrait-landscape", H_0to1=H)
+    trainer = tiny_trainer(tmp_path, 1)
+    trainer.dataset = [dict(item, source="planar")]
+    batch = trainer._batch(0)
+    assert batch["image0"].shape == batch["image1"].shape == (1, 1, 96, 96)
+    assert batch["valid_hw0"].tolist() == [[96, 64]] and batch["valid_hw1"].tolist() == [[64, 96]]
+    assert batch["spv_b_ids"].numel() > 0  # the shifted overlap has ground-truth matches
+    logged = trainer.train_step(0)
+    assert logged is not None and math.isfinite(logged["total"]) and logged["n_gt"] > 0

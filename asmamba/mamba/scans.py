@@ -42,8 +42,8 @@ each, differentiable, on any device and dtype.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Literal, NamedTuple, Optional
+import functools
+from typing import Callable, Literal, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -143,7 +143,24 @@ def _hilbert_axes(height: int, width: int) -> tuple[int, int, int, int]:
     return (height, 0, 0, width) if along_rows else (0, width, height, 0)
 
 
-@lru_cache(maxsize=None)
+def _tensor_cache(maxsize: Optional[int] = None) -> Callable:
+    """``functools.lru_cache`` for functions returning tensors, which builds them outside inference mode.
+
+    A tensor made under ``torch.inference_mode()`` (an evaluation, a benchmark) may never take part in autograd;
+    cached, it would break every later training step that reads it ("Inference tensors cannot be saved for
+    backward").
+    """
+    def decorate(fn: Callable) -> Callable:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(fn)
+        def cached(*args):
+            with torch.inference_mode(False):
+                return fn(*args)
+        return cached
+    return decorate
+
+
+@_tensor_cache()
 def _hilbert_curve_cached(height: int, width: int) -> torch.Tensor:
     return torch.tensor(_hilbert_cells(height, width), dtype=torch.long).view(height * width, 2)
 
@@ -210,7 +227,7 @@ def _check_even_size(height: int, width: int) -> None:
         )
 
 
-@lru_cache(maxsize=None)
+@_tensor_cache()
 def _scan_orders_cached(kind: str, height: int, width: int) -> torch.Tensor:
     tokens_per_image = height * width
     orders = []
@@ -247,7 +264,7 @@ def scan_orders(kind: str, height: int, width: int) -> torch.Tensor:
     return _scan_orders_cached(kind, height, width).clone()
 
 
-@lru_cache(maxsize=128)
+@_tensor_cache(maxsize=128)
 def _device_orders(kind: str, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened orders ``(2HW,)`` and their inverse permutation ``(2HW,)`` on ``device``."""
     order = _scan_orders_cached(kind, height, width).reshape(-1)

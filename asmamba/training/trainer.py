@@ -99,21 +99,20 @@ PADDED_KEYS = ("image0", "image1", "mask0", "mask1", "depth0", "depth1")
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack items into a batch; images, masks and depths of different sizes (e.g. homography pairs beside SfM
-    pairs) are zero-padded at the bottom and right to the largest size - the masks mark the padding, and
+    """Stack items into a batch. Every view of every item is zero-padded at the bottom and right to one canvas, the
+    largest height and width over both views of all items: the model takes ``image0`` and ``image1`` of one size
+    (a portrait view beside a landscape one, homography pairs beside SfM pairs). The masks mark the padding, and
     bottom/right padding changes no pixel coordinate, intrinsics or homography."""
     if not items:
         raise ValueError("cannot collate an empty list of items")
     items = [dict(item) for item in items]
-    for k in ("0", "1"):
-        keys = [key for key in PADDED_KEYS if key.endswith(k) and key in items[0]]
-        H = max(int(item[f"image{k}"].shape[-2]) for item in items)
-        W = max(int(item[f"image{k}"].shape[-1]) for item in items)
-        for item in items:
-            for key in keys:
-                t = item[key]
-                if t.shape[-2:] != (H, W):
-                    item[key] = torch.nn.functional.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]))
+    H = max(int(item[f"image{k}"].shape[-2]) for item in items for k in "01")
+    W = max(int(item[f"image{k}"].shape[-1]) for item in items for k in "01")
+    for item in items:
+        for key in PADDED_KEYS:
+            t = item.get(key)
+            if t is not None and t.shape[-2:] != (H, W):
+                item[key] = torch.nn.functional.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]))
     return torch.utils.data.default_collate(items)
 
 
