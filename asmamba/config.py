@@ -31,7 +31,8 @@ SCHEMA_PRESET = "base"
 
 #: Allowed values of the enumerated keys (checked after merging).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "encoder.name": ("convnext", "xfeat"),
+    "encoder.name": ("convnext", "xfeat", "aliked"),
+    "encoder.aliked_variant": ("n16", "t16", "n32"),
     "position.kind": ("mlp", "sine"),
     "mamba.scan": ("jego", "hilbert"),
     "mamba.heads": ("multi", "single"),

