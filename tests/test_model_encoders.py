@@ -1,5 +1,6 @@
 """Encoders: output shapes, and the XFeat encoder against XFeat's own forward pass."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,25 @@ def test_xfeat_features_of_a_padded_image_are_those_of_the_image_alone():
     inner = (..., slice(0, 24 - 6), slice(0, 32 - 6))
     torch.testing.assert_close(padded["coarse"][inner], alone["coarse"][inner], atol=1e-4, rtol=1e-4)
     assert (unmasked["coarse"][inner] - alone["coarse"][inner]).abs().max() > 1e-2
+
+
+def test_grn_is_convnext_v2s_formula():
+    """GRN against ConvNeXt-V2's definition written out in numpy: Gx = ||x||_2 over the (valid) spatial cells per
+    channel, Nx = Gx / mean_c(Gx), out = gamma * (x * Nx) + beta + x."""
+    from asmamba.model.encoder import GRN
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 7, 6))
+    valid = (rng.random((2, 5, 7, 1)) > 0.3).astype(np.float64)
+    grn = GRN(6).double()
+    with torch.no_grad():
+        grn.gamma.copy_(torch.from_numpy(rng.standard_normal((1, 1, 1, 6))))
+        grn.beta.copy_(torch.from_numpy(rng.standard_normal((1, 1, 1, 6))))
+    gamma, beta = grn.gamma.detach().numpy(), grn.beta.detach().numpy()
+    for mask in (None, valid):
+        xs = x if mask is None else x * mask
+        gx = np.sqrt((xs ** 2).sum(axis=(1, 2), keepdims=True))
+        nx = gx / (gx.mean(axis=-1, keepdims=True) + 1e-6)
+        want = gamma * (x * nx) + beta + x
+        got = grn(torch.from_numpy(x), None if mask is None else torch.from_numpy(mask)).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
