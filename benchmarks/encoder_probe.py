@@ -32,6 +32,7 @@ skips what is measured (``--force`` measures again).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -347,14 +348,34 @@ def probe_sift(item: dict, args: argparse.Namespace) -> dict:
             "pose_all": pose_errors(k0, k1, K0, K1, p.T_0to1, size, args.ransac_px)}
 
 
+def encoder_costs(pair: torch.Tensor, variants: list[str]) -> dict[str, Callable[[], Any]]:
+    """AS-Mamba's own encoders (``asmamba.model.encoder``, frozen, pretrained) on a ``(2, 1, H, W)`` pair batch, as
+    the network runs them: today's XFeat encoder and the ALIKED encoder of each probed variant."""
+    from asmamba.config import load_config
+    from asmamba.model.encoder import build_encoder
+
+    calls = {}
+    encoders = {"xfeat": build_encoder(load_config("xfeat")).eval()}
+    for variant in variants:
+        encoders[f"aliked-{variant}"] = build_encoder(
+            load_config("aliked", [f"encoder.aliked_variant={variant}"])).eval()
+    for name, enc in encoders.items():
+        calls[f"AS-Mamba encoder {name}, pair"] = functools.partial(enc, pair)
+    return calls
+
+
 def time_costs(networks: dict[str, FrozenNetwork], repeats: int) -> dict[str, Any]:
-    """Per-image forward times at 640x480, all networks alternating round by round (one warm-up round)."""
+    """Forward times at 640x480 - each network on one image, AS-Mamba's encoders on the pair - all alternating round
+    by round in this process (one warm-up round)."""
     from asmamba.profile import stereo_pair
 
-    image = stereo_pair(480, 640)["image0"]
+    pair = stereo_pair(480, 640)
+    image = pair["image0"]
     calls: dict[str, Callable[[], Any]] = {}
     for net in networks.values():
         calls.update(net.costs(image))
+    variants = [n.split("-", 1)[1] for n in networks if n.startswith("aliked-")]
+    calls.update(encoder_costs(torch.cat([pair["image0"], pair["image1"]]), variants))
     times: dict[str, list[float]] = {k: [] for k in calls}
     for round_ in tqdm(range(repeats + 1), desc="timing", leave=False):
         for key, call in calls.items():
@@ -363,10 +384,12 @@ def time_costs(networks: dict[str, FrozenNetwork], repeats: int) -> dict[str, An
             if round_:  # round 0 warms up
                 times[key].append((time.perf_counter() - start) * 1000)
     out: dict[str, Any] = {}
+    enc_ref = times["AS-Mamba encoder xfeat, pair"]
     for key, ms in times.items():
         entry = {"median_ms": statistics.median(ms), "runs_ms": ms}
         if "xfeat" in times:
             entry["ratio_to_xfeat"] = statistics.median(a / b for a, b in zip(ms, times["xfeat"]))
+        entry["ratio_to_xfeat_encoder_pair"] = statistics.median(a / b for a, b in zip(ms, enc_ref))
         out[key] = entry
     return out
 
@@ -458,12 +481,15 @@ def markdown(results: dict[str, Any]) -> str:
                                  "pose AUC, cell centres", "pose AUC, refined"], rows))
     cost = results.get("cost")
     if cost:
-        lines += ["", f"Forward cost of one {cost['size']} image, {cost['threads']} torch thread(s), median of "
-                  f"{cost['repeats']} alternating rounds in one process ({cost['load']}); ratio: median of the "
-                  "per-round ratios to XFeat's whole network.", ""]
+        lines += ["", f"Forward cost at {cost['size']}: each network on one image, AS-Mamba's encoders "
+                  f"(`asmamba.model.encoder`, frozen + projection heads) on the pair; {cost['threads']} torch "
+                  f"thread(s), median of {cost['repeats']} alternating rounds in one process ({cost['load']}); "
+                  "ratios: median of the per-round ratios to XFeat's whole network on one image, and to AS-Mamba's "
+                  "XFeat encoder on the pair.", ""]
         lines.append(markdown_table(
-            ["network part", "ms", "ratio to XFeat"],
-            [[k, f"{v['median_ms']:.0f}", _fmt(v.get("ratio_to_xfeat"), 2)] for k, v in cost["parts"].items()]))
+            ["part", "ms", "ratio to XFeat (1 image)", "ratio to AS-Mamba's XFeat encoder (pair)"],
+            [[k, f"{v['median_ms']:.0f}", _fmt(v.get("ratio_to_xfeat"), 2),
+              _fmt(v.get("ratio_to_xfeat_encoder_pair"), 2)] for k, v in cost["parts"].items()]))
     lines += ["", results["machine"], ""]
     return "\n".join(lines)
 
@@ -486,6 +512,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-sift", action="store_true", help="skip the SIFT reference row")
     parser.add_argument("--out", default="benchmarks/results", help="folder for encoder_probe.{json,md}")
     parser.add_argument("--force", action="store_true", help="measure again what the JSON already holds")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="measure the costs again, keep the measured pairs (and measure none)")
     args = parser.parse_args(argv)
     if args.window < 1 or args.window % 2 == 0:
         parser.error(f"--window must be a positive odd number, got {args.window}")
@@ -524,7 +552,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 errors.update({c: str(err) for c in cands})
                 print(f"skipping {', '.join(cands)}: {err}", file=sys.stderr)
                 continue
-            for item in tqdm(pairs, desc=net_name):
+            for item in tqdm([] if args.timing_only else pairs, desc=net_name):
                 todo = [c for c in cands if item["name"] not in results["records"].get(c, {})]
                 if not todo:
                     continue
@@ -532,7 +560,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for c in todo:
                     results["records"].setdefault(c, {})[item["name"]] = recs[CANDIDATES[c][1]]
                 save()
-        if not args.no_sift:
+        if not args.no_sift and not args.timing_only:
             for item in tqdm(pairs, desc="sift"):
                 if item["name"] not in results["records"].get("sift (reference)", {}):
                     results["records"].setdefault("sift (reference)", {})[item["name"]] = probe_sift(item, args)
@@ -542,8 +570,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             if cand in errors:
                 results["summary"][cand] = {"error": errors[cand]}
             else:
-                results["summary"][cand] = summarise(results["records"][cand], pairs, args.ransac_px)
-        if args.repeats > 0 and networks and (args.force or "cost" not in results):
+                measured = [p for p in pairs if p["name"] in results["records"].get(cand, {})]
+                results["summary"][cand] = (summarise(results["records"][cand], measured, args.ransac_px) if measured
+                                            else {"error": "not measured (run without --timing-only)"})
+        if args.repeats > 0 and networks and (args.force or args.timing_only or "cost" not in results):
             results["cost"] = {"size": "640x480", "threads": args.threads, "repeats": args.repeats,
                                "load": args.load or "machine load not stated",
                                "parts": time_costs(networks, args.repeats)}
