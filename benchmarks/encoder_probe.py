@@ -474,7 +474,8 @@ def markdown(results: dict[str, Any]) -> str:
     for name, s in summary.items():
         if "near_correct_per_pair" not in s:
             continue
-        epi = "-" if "epi_median_refined" not in s else f"{s['epi_median_centres']:.2f} -> {s['epi_median_refined']:.2f}"
+        epi = ("-" if "epi_median_refined" not in s
+               else f"{s['epi_median_centres']:.2f} -> {s['epi_median_refined']:.2f}")
         rows.append([name, f"{s['near_correct_per_pair']:.0f}", epi, _aucs(s["pose_centres"], keys),
                      _aucs(s.get("pose_refined"), keys)])
     lines.append(markdown_table(["candidate", "near-correct/pair", "median epipolar px (centres -> refined)",
