@@ -113,3 +113,20 @@ def test_trainer_validation_writes_rows_and_best_and_leaves_training_unchanged(t
     lines = (tmp_path / "val" / "val.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2.0, 4.0]
     assert resumed.best_score == max(r["score"] for r in rows)
+
+
+def test_training_plot_adds_the_validation_panel(tmp_path: Path):
+    import matplotlib.image
+
+    from asmamba.training.trainer import plot_training_log
+
+    fields = ["step", "total", "coarse", "fine", "flow", "geom", "n_gt", "n_pred"]
+    csv_path = tmp_path / "log.csv"
+    csv_path.write_text(",".join(fields) + "\n" + "".join(f"{s},{3 - s},1,1,1,1,100,{10 * s}\n" for s in range(3)))
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"step": s, "planar/hom_auc@5px": 40.0 + s, "sfm/pose_auc@10": 60.0 + s,
+                                       "sfm/pose_auc@5": 1.0, "score": 50.0 + s}) + "\n" for s in (0, 2)))
+    plain = matplotlib.image.imread(plot_training_log(csv_path, tmp_path / "plain.png"))
+    with_val = matplotlib.image.imread(plot_training_log(csv_path, tmp_path / "val.png", val))
+    assert plain.shape[1] == 1100 and with_val.shape[1] == 1650  # a third panel, 5.5 inches at 100 dpi
+    assert plot_training_log(csv_path, tmp_path / "none.png", tmp_path / "missing.jsonl").is_file()

@@ -442,11 +442,11 @@ class Trainer:
             writer.writerow(row)
 
     def plot(self) -> Optional[Path]:
-        """PNG of every loss term against the step, from the CSV log."""
+        """PNG of every loss term (and the validation curves) against the step, from the CSV and JSONL logs."""
         path = self.out / "log.csv"
         if not path.is_file():
             return None
-        return plot_training_log(path, self.out / "loss_curves.png")
+        return plot_training_log(path, self.out / "loss_curves.png", self.out / "val.jsonl")
 
     def export(self, path: str) -> None:
         """Write an fp16 inference checkpoint (weights + model config) for shipping."""
@@ -454,7 +454,13 @@ class Trainer:
                                "state_dict": half_state_dict(self.model), "step": self.step})
 
 
-def plot_training_log(csv_path: Path, png_path: Path) -> Path:
+#: the per-source validation criteria that make up ``score`` (see :mod:`asmamba.training.validation`)
+VAL_CRITERIA = ("pose_auc@10", "hom_auc@5px")
+
+
+def plot_training_log(csv_path: Path, png_path: Path, val_path: Optional[Path] = None) -> Path:
+    """PNG of the training log: every loss term and the coarse match counts against the step and, when ``val_path``
+    (a ``val.jsonl``) holds rows, each source's validation criterion and the selection score."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -462,8 +468,11 @@ def plot_training_log(csv_path: Path, png_path: Path) -> Path:
 
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
+    val_rows = []
+    if val_path is not None and val_path.is_file():
+        val_rows = [json.loads(line) for line in val_path.read_text().splitlines() if line.strip()]
     steps = [float(r["step"]) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if val_rows else 2, figsize=(16.5 if val_rows else 11, 4))
     for key in ("total", "coarse", "fine", "flow", "geom"):
         axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
     axes[0].set_xlabel("step")
@@ -474,6 +483,15 @@ def plot_training_log(csv_path: Path, png_path: Path) -> Path:
     axes[1].plot(steps, [float(r["n_gt"]) for r in rows], label="GT coarse matches")
     axes[1].set_xlabel("step")
     axes[1].legend()
+    if val_rows:
+        val_steps = [r["step"] for r in val_rows]
+        for key in sorted({k for r in val_rows for k in r if k.split("/")[-1] in VAL_CRITERIA}):
+            axes[2].plot(val_steps, [r.get(key, math.nan) for r in val_rows], marker="o", label=key)
+        axes[2].plot(val_steps, [r["score"] for r in val_rows], marker="s", color="black", label="score (mean)")
+        axes[2].set_xlabel("step")
+        axes[2].set_ylabel("%")
+        axes[2].legend()
+        axes[2].set_title("validation (held-out training scenes)")
     fig.tight_layout()
     tmp = png_path.with_name(png_path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
