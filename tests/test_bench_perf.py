@@ -64,11 +64,13 @@ class _Net(torch.nn.Module):
         super().__init__()
         self.encoder = _Sleep(0.03)
         self.blocks = torch.nn.ModuleList([_Block(), _Block()])
+        self.fine_matching = _Block()
 
     def forward(self, x):
         x = self.encoder(x)
         for block in self.blocks:
             x = block(x)
+        x = self.fine_matching(x)
         time.sleep(0.01)  # outside every part
         return x
 
@@ -77,13 +79,14 @@ def test_component_timer_adds_up_each_part():
     net = _Net()
     timer = perf.ComponentTimer(net)
     assert list(timer.totals) == ["encoder", "blocks.0", "blocks.0.a", "blocks.0.b", "blocks.1", "blocks.1.a",
-                                  "blocks.1.b"]
+                                  "blocks.1.b", "fine_matching", "fine_matching.a", "fine_matching.b"]
     for _ in range(2):
         timer.reset()
         net(torch.zeros(1))
     t = timer.totals
     assert 30 <= t["encoder"] < 300 and 40 <= t["blocks.0.a"] < 400 and 10 <= t["blocks.1.b"] < 100
     assert t["blocks.0"] >= t["blocks.0.a"] + t["blocks.0.b"]
+    assert 40 <= t["fine_matching.a"] < 400 and t["fine_matching"] >= t["fine_matching.a"] + t["fine_matching.b"]
     timer.remove()
     timer.reset()
     net(torch.zeros(1))

@@ -117,8 +117,12 @@ class ComponentTimer:
     """Wall time spent inside each top-level part of an ``ASMambaNet`` and inside each block's parts.
 
     Module forward hooks take the time before and after every call (parts called twice, like a block's flow
-    predictor and FFN, add up). Names: ``encoder``, ``initializer``, ``blocks.0``, ``blocks.0.global_path``, ...
+    predictor and FFN, add up). Names: ``encoder``, ``initializer``, ``blocks.0``, ``blocks.0.global_path``, ...,
+    ``fine_matching``, ``fine_matching.decoder``, ...
     """
+
+    #: top-level parts whose own children are timed too
+    PARTS_OF = ("fine_matching",)
 
     def __init__(self, net: torch.nn.Module) -> None:
         self.totals: dict[str, float] = {}
@@ -132,6 +136,9 @@ class ComponentTimer:
                         self._watch(f"{name}.{i}.{part}", module)
             else:
                 self._watch(name, child)
+                if name in self.PARTS_OF:
+                    for part, module in child.named_children():
+                        self._watch(f"{name}.{part}", module)
 
     def _watch(self, key: str, module: torch.nn.Module) -> None:
         self.totals[key] = 0.0
