@@ -26,6 +26,7 @@ DELEGATED = {
     "match-dense": "asmamba.pipelines.match:main",
     "evaluate-sfm": "asmamba.pipelines.evaluate:main",
     "train": "asmamba.training.trainer:main",
+    "validate": "asmamba.training.validation:main",
     "demo": "asmamba.demo:main",
 }
 #: what each delegated command does (the top-level ``--help``)
@@ -36,6 +37,8 @@ DELEGATED_HELP = {
     "match-dense": "hloc's features.h5 + matches.h5 from the dense matches of image pairs (shards, resumes)",
     "evaluate-sfm": "reconstructed cameras against ground truth (Sim(3)-aligned position and rotation errors)",
     "train": "train AS-Mamba from a configs/train preset or YAML file, with key=value overrides",
+    "validate": "score weights (with model overrides) on held-out training scenes, per source: choose settings "
+                "there, never on the evaluation scenes",
     "demo": "match the Motorcycle stereo pair and score it against its GT disparity, then reconstruct a scene",
 }
 BENCH_COMMANDS = {

