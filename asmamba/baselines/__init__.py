@@ -66,6 +66,12 @@ def _asmamba(**kw: Any) -> nn.Module:
     return ASMamba(**kw)  # pretrained="default": the shipped weights
 
 
+def _asmamba_v1(**kw: Any) -> nn.Module:
+    from asmamba import ASMamba
+
+    return ASMamba(**{"pretrained": "asmamba-xfeat", **kw})  # the first release's weights, for contrast
+
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "sift": _sift,
     "xfeat": _xfeat,
@@ -73,6 +79,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "disk_lightglue": _lightglue("disk"),
     "aliked_lightglue": _lightglue("aliked"),
     "asmamba": _asmamba,
+    "asmamba_v1": _asmamba_v1,
 }
 
 
