@@ -93,15 +93,16 @@ def test_joint_scan_grouped_equals_per_direction(backend, scan, monkeypatch):
 
 
 @pytest.mark.skipif(not shipped_weights(), reason="no trained weights ship in asmamba/weights/")
-def test_shipped_checkpoint_loads_and_matches_as_with_the_previous_scan_path(monkeypatch):
-    """The checkpoint's keys are unchanged (strict load) and its matches are those of the previous release's code
-    path (PyTorch scan, one scan call per direction) up to float32 rounding."""
+@pytest.mark.parametrize("name", sorted(shipped_weights()))
+def test_shipped_checkpoint_loads_and_matches_as_with_the_previous_scan_path(monkeypatch, name):
+    """Every shipped checkpoint's keys are the model's (strict load) and its matches are those of the previous
+    release's code path (PyTorch scan, one scan call per direction) up to float32 rounding."""
     from asmamba import ASMamba
     from asmamba.checkpoint import read_checkpoint
     from asmamba.profile import stereo_pair
 
-    matcher = ASMamba()
-    state = read_checkpoint(shipped_weights()["asmamba-xfeat"])["state_dict"]
+    matcher = ASMamba(pretrained=name)
+    state = read_checkpoint(shipped_weights()[name])["state_dict"]
     assert set(state) == set(matcher.net.state_dict())
     pair = stereo_pair(240, 320)
     torch.set_num_threads(2)
@@ -111,7 +112,9 @@ def test_shipped_checkpoint_loads_and_matches_as_with_the_previous_scan_path(mon
         monkeypatch.setattr(JointMambaScan, "grouped_scan", False)
         previous = matcher(pair)
     assert len(current["keypoints0"]) == len(previous["keypoints0"]) > 300
-    torch.testing.assert_close(current["keypoints0"], previous["keypoints0"], atol=0, rtol=0)
+    # keypoints0 sit on the coarse grid with the first release's fine stage; two_stage refines them too
+    atol0 = 1e-3 if matcher.config.fine.kind == "two_stage" else 0.0
+    torch.testing.assert_close(current["keypoints0"], previous["keypoints0"], atol=atol0, rtol=0)
     torch.testing.assert_close(current["keypoints1"], previous["keypoints1"], atol=1e-3, rtol=0)
     torch.testing.assert_close(current["confidence"], previous["confidence"], atol=1e-4, rtol=0)
     assert OmegaConf.select(matcher.config, "mamba.scan") in ("jego", "hilbert")
