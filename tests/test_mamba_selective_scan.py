@@ -475,3 +475,25 @@ def test_kernels_compile_without_a_writable_cache(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert math.isfinite(float(proc.stdout.strip().splitlines()[-1]))
+
+
+@needs_numba
+def test_compiled_scan_keeps_torchs_thread_count():
+    """numba's first parallel launch starts its OpenMP pool, which set the OpenMP thread count torch shares back to
+    NUMBA_NUM_THREADS: a process that asked torch for one thread then ran its reductions on two (and a training run
+    stopped reproducing itself bit for bit). A fresh process, so that numba's pool is not started yet."""
+    import subprocess
+
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "from asmamba.mamba import compiled_scan\n"
+        "u = torch.randn(1, 16, 40)\n"
+        "compiled_scan.selective_scan_compiled(u, u.abs(), -torch.rand(16, 4), torch.randn(1, 4, 40),\n"
+        "    torch.randn(1, 4, 40))\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "1"

@@ -226,6 +226,36 @@ def test_resume_continues_bit_for_bit(tmp_path):
         tiny_trainer(tmp_path / "empty", steps, resume=True)
 
 
+def test_a_run_continued_from_exported_weights_keeps_the_schedule_and_data_order(tmp_path):
+    # a run whose last.pt is lost goes on from the weights it exported at step 3 (run.start_step): the same steps,
+    # items and (after a re-warm-up over optim.rewarmup_steps) the same learning rates as the run that never stopped
+    steps, start = 8, 3
+    lr0 = load_train_config("cpu_homography").optim.lr
+    straight = tiny_trainer(tmp_path / "a", steps, "optim.final_lr_factor=0.0")
+    straight.fit(max_steps=start)
+    export = tmp_path / "step3.pt"
+    straight.export(export)
+    continued = tiny_trainer(tmp_path / "c", steps, "optim.final_lr_factor=0.0", f"model.init={export}",
+                             f"run.start_step={start}", "optim.rewarmup_steps=2")
+    assert continued.step == start
+    for key in ("image0", "image1"):
+        assert torch.equal(continued._batch(start)[key], straight._batch(start)[key])
+    trained = straight.model.state_dict()
+    assert all(torch.equal(v, trained[k].half().float()) for k, v in continued.model.state_dict().items()
+               if v.is_floating_point())
+    rows = continued.fit()
+    assert [r["step"] for r in rows] == [3, 4, 5, 6, 7]
+    # warm-up 2, cosine to 0 over steps 2..8 by hand: at step s the factor is 0.5 (1 + cos(pi (s - 2) / 6))
+    cosine = [0.5 * (1 + math.cos(math.pi * (s - 2) / 6)) for s in range(start, steps)]
+    ramp = [0.5, 1.0, 1.0, 1.0, 1.0]
+    assert [r["lr"] for r in rows] == pytest.approx([lr0 * c * w for c, w in zip(cosine, ramp)])
+    assert [float(r["step"]) for r in read_log(tmp_path / "c" / "log.csv")] == [3, 4, 5, 6, 7]
+    with pytest.raises(ConfigError, match="model.init"):
+        tiny_trainer(tmp_path / "d", steps, f"run.start_step={start}")
+    with pytest.raises(ConfigError, match="run.start_step=8"):
+        tiny_trainer(tmp_path / "d", steps, f"model.init={export}", "run.start_step=8")
+
+
 def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     trainer = tiny_trainer(tmp_path, 4)
     trainer.fit(max_steps=1)

@@ -73,10 +73,17 @@ def unavailable_reason() -> Optional[str]:
 
 
 def _threads() -> None:
-    """Launch the kernels on as many threads as torch uses (numba's pool holds at most NUMBA_NUM_THREADS)."""
+    """Launch the kernels on as many threads as torch uses (numba's pool holds at most NUMBA_NUM_THREADS).
+
+    Starting numba's OpenMP pool (its first parallel launch in a process) sets the OpenMP thread count that torch
+    shares back to NUMBA_NUM_THREADS: torch's own count is restored, or a user's ``torch.set_num_threads(1)`` would
+    silently become 2 threads (and the results of torch's reductions would change with it)."""
     import numba
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _chunks(tasks: int) -> int:

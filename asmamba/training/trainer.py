@@ -28,7 +28,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import half_state_dict, load_state, read_checkpoint, save_checkpoint
-from ..config import as_dictconfig, check_choices, configs_dir, load_config, merge_with_schema
+from ..config import ConfigError, as_dictconfig, check_choices, configs_dir, load_config, merge_with_schema
 from ..matcher import mask_extent
 from ..model.network import ASMambaNet
 from .losses import ASMambaLoss
@@ -134,12 +134,17 @@ def add_valid_sizes(batch: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- schedule
-def lr_factor(step: int, warmup: int, total: int, final: float) -> float:
-    """Linear warm-up to 1, then cosine decay to ``final``."""
+def lr_factor(step: int, warmup: int, total: int, final: float, start: int = 0, rewarmup: int = 0) -> float:
+    """Linear warm-up to 1, then cosine decay to ``final``. A run continued from exported weights at step ``start``
+    (``run.start_step``) ramps linearly over its first ``rewarmup`` steps again, its optimizer moments being new."""
     if step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+        factor = (step + 1) / warmup
+    else:
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        factor = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+    if start > 0 and rewarmup > 0 and start <= step < start + rewarmup:
+        factor *= (step - start + 1) / rewarmup
+    return factor
 
 
 # ----------------------------------------------------------------------------------------------- RNG states
@@ -209,8 +214,14 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        start = int(run.start_step)
+        if not 0 <= start < int(o.total_steps):
+            raise ConfigError(f"run.start_step={start} must be in [0, optim.total_steps={o.total_steps})")
+        if start and not cfg.model.init:
+            raise ConfigError(f"run.start_step={start} continues a run from its weights: set model.init to them")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, o.warmup_steps, o.total_steps, o.final_lr_factor)
+            self.optimizer,
+            lambda s: lr_factor(s, o.warmup_steps, o.total_steps, o.final_lr_factor, start, o.rewarmup_steps),
         )
         self.use_amp = bool(o.amp) and self.dist.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -229,6 +240,8 @@ class Trainer:
         self.skipped = 0
         if resume:
             self._resume()
+        elif start:
+            self._start_at(start)
 
     # ---- checkpoints
     @property
@@ -268,6 +281,14 @@ class Trainer:
         if self.dist.main:
             self._truncate_log(self.step)
             self._truncate_val_log(self.step)
+
+    def _start_at(self, step: int) -> None:
+        """Begin a new run at ``step`` of the schedule and the data order (``run.start_step``)."""
+        self.step = step
+        self.scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():  # stepping the schedule without an optimizer step is intended here
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
 
     def _truncate_log(self, step: int) -> None:
         """Drop log rows of steps at or after ``step``: a run stopped after its last checkpoint logged steps that the
