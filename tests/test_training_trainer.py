@@ -254,6 +254,8 @@ def test_a_run_continued_from_exported_weights_keeps_the_schedule_and_data_order
         tiny_trainer(tmp_path / "d", steps, f"run.start_step={start}")
     with pytest.raises(ConfigError, match="run.start_step=8"):
         tiny_trainer(tmp_path / "d", steps, f"model.init={export}", "run.start_step=8")
+    with pytest.raises(ConfigError, match="weights of step 3"):  # the exported file knows its step
+        tiny_trainer(tmp_path / "d", steps, f"model.init={export}", "run.start_step=2")
 
 
 def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

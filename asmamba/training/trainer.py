@@ -197,6 +197,10 @@ class Trainer:
             ckpt = read_checkpoint(cfg.model.init)
             load_state(self.model, ckpt["state_dict"], source=f"model.init {cfg.model.init!r}",
                        fresh=list(cfg.model.init_fresh))
+            init_step = ckpt.get("step")
+            if run.start_step and init_step is not None and int(init_step) != int(run.start_step):
+                raise ConfigError(f"run.start_step={run.start_step} but model.init {cfg.model.init!r} holds the "
+                                  f"weights of step {int(init_step)}: continue it at run.start_step={int(init_step)}")
             if cfg.model.reset_frozen_backbone:  # the checkpoint's frozen part may have drifted (issue 12)
                 self.model.encoder.reset_frozen()
         # encoder.freeze: the encoder itself stops gradients to its frozen modules (encoder.frozen_modules(): XFeat's
