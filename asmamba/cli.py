@@ -27,6 +27,7 @@ DELEGATED = {
     "evaluate-sfm": "asmamba.pipelines.evaluate:main",
     "train": "asmamba.training.trainer:main",
     "validate": "asmamba.training.validation:main",
+    "export": "asmamba.export:main",
     "demo": "asmamba.demo:main",
 }
 #: what each delegated command does (the top-level ``--help``)
@@ -39,6 +40,7 @@ DELEGATED_HELP = {
     "train": "train AS-Mamba from a configs/train preset or YAML file, with key=value overrides",
     "validate": "score weights (with model overrides) on held-out training scenes, per source: choose settings "
                 "there, never on the evaluation scenes",
+    "export": "fp16 inference weights from a checkpoint, with inference settings (key=value) in their config",
     "demo": "match the Motorcycle stereo pair and score it against its GT disparity, then reconstruct a scene",
 }
 BENCH_COMMANDS = {
