@@ -35,6 +35,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Options and positionals in any order: ``asmamba train PRESET --resume key=value`` takes the override
+        after the flag as well (plain argparse stops the positionals at the first option). Parsers with
+        sub-commands or a remainder keep argparse's order rule (intermixed parsing cannot split those)."""
+        if any(action.nargs in (argparse.PARSER, argparse.REMAINDER) for action in self._actions):
+            return super().parse_args(args, namespace)
+        return self.parse_intermixed_args(args, namespace)
+
 
 def summary(doc: str) -> str:
     """A module docstring's first paragraph as a command's ``--help`` description (without reST quotes)."""

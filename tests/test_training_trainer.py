@@ -203,6 +203,17 @@ def test_non_finite_gradient_is_skipped_and_the_amp_scaler_recovers(tmp_path):
     assert trainer.train_step(2) is not None  # the next step runs (unscale_ re-armed)
 
 
+def test_overrides_may_follow_the_resume_flag(tmp_path):
+    # `asmamba train PRESET --resume data.train=corpus` (a new phase of a run) stopped at the flag: "unrecognized
+    # arguments: data.train=corpus"
+    out = tmp_path / "run"
+    torch.set_num_threads(1)
+    first = train_overrides(out, 2)
+    assert main(["cpu_homography", *first[:-1], "--max-steps", "1", first[-1]]) == 0
+    assert main(["cpu_homography", "--resume", *train_overrides(out, 3)]) == 0  # a longer schedule, after the flag
+    assert [float(r["step"]) for r in read_log(out / "log.csv")] == [0, 1, 2]
+
+
 def test_resume_continues_bit_for_bit(tmp_path):
     steps = 4
     uninterrupted = tiny_trainer(tmp_path / "a", steps).fit()

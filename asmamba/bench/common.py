@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from asmamba.allocator import tune_from_environment
+from asmamba.clitools import ArgumentParser
 from asmamba.config import as_dictconfig, merge_with_schema
 from asmamba.training.evaluation.common import markdown_table, write_json_atomic
 
@@ -52,7 +53,7 @@ def parse_bench_args(
 
     Also applies the command line's allocator settings (children are fresh processes).
     """
-    parser = argparse.ArgumentParser(prog=f"asmamba bench {name}", description=doc.split("\n\n")[0])
+    parser = ArgumentParser(prog=f"asmamba bench {name}", description=doc.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help=f"configs/bench/{name}.yaml keys as key=value")
     parser.add_argument("--out", default="benchmarks/results", help="results folder")
     parser.add_argument("--readme", default=None, help=f"also replace this README's bench-{name} block")

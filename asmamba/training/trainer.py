@@ -10,7 +10,6 @@ state, so ``--resume`` continues with exactly the loss an uninterrupted run woul
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -526,7 +525,9 @@ def plot_training_log(csv_path: Path, png_path: Path, val_path: Optional[Path] =
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="asmamba train", description="train AS-Mamba (configs/train/)")
+    from ..clitools import ArgumentParser
+
+    parser = ArgumentParser(prog="asmamba train", description="train AS-Mamba (configs/train/)")
     parser.add_argument("config", help=f"train preset ({', '.join(p.stem for p in configs_dir('train').glob('*.yaml'))}) or YAML path")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 run.out_dir=runs/x")
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoints/last.pt")
