@@ -42,8 +42,9 @@ def export_weights(weights: Union[str, os.PathLike], out: Union[str, os.PathLike
     if config is None:
         raise CheckpointError(f"checkpoint {str(source)!r} holds no model config to export with")
     exported = load_config(config, list(overrides))
-    net = ASMambaNet(load_config(config, [*overrides, "encoder.pretrained=false"]))  # the file holds every weight
-    load_state(net, ckpt["state_dict"], source=f"checkpoint {str(source)!r} with {' '.join(overrides) or 'no overrides'}")
+    net = ASMambaNet(load_config(exported, ["encoder.pretrained=false"]))  # the file holds every weight
+    changes = " ".join(overrides) or "no overrides"
+    load_state(net, ckpt["state_dict"], source=f"checkpoint {str(source)!r} with {changes}")
     payload: dict[str, Any] = {"config": to_plain(exported), "state_dict": half_state_dict(net)}
     if ckpt.get("step") is not None:
         payload["step"] = int(ckpt["step"])

@@ -190,6 +190,11 @@ class Trainer:
         if run.threads and self.dist.device.type == "cpu":
             torch.set_num_threads(int(run.threads))
         seed_everything(int(run.seed) + self.dist.rank)
+        start = int(run.start_step)
+        if not 0 <= start < int(cfg.optim.total_steps):
+            raise ConfigError(f"run.start_step={start} must be in [0, optim.total_steps={cfg.optim.total_steps})")
+        if start and not cfg.model.init:
+            raise ConfigError(f"run.start_step={start} continues a run from its weights: set model.init to them")
         self.model_cfg = load_config(cfg.model.config, list(cfg.model.overrides))
         self.model = ASMambaNet(self.model_cfg).to(self.dist.device)
         if cfg.model.init:
@@ -197,8 +202,8 @@ class Trainer:
             load_state(self.model, ckpt["state_dict"], source=f"model.init {cfg.model.init!r}",
                        fresh=list(cfg.model.init_fresh))
             init_step = ckpt.get("step")
-            if run.start_step and init_step is not None and int(init_step) != int(run.start_step):
-                raise ConfigError(f"run.start_step={run.start_step} but model.init {cfg.model.init!r} holds the "
+            if start and init_step is not None and int(init_step) != start:
+                raise ConfigError(f"run.start_step={start} but model.init {cfg.model.init!r} holds the "
                                   f"weights of step {int(init_step)}: continue it at run.start_step={int(init_step)}")
             if cfg.model.reset_frozen_backbone:  # the checkpoint's frozen part may have drifted (issue 12)
                 self.model.encoder.reset_frozen()
@@ -217,11 +222,6 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-        start = int(run.start_step)
-        if not 0 <= start < int(o.total_steps):
-            raise ConfigError(f"run.start_step={start} must be in [0, optim.total_steps={o.total_steps})")
-        if start and not cfg.model.init:
-            raise ConfigError(f"run.start_step={start} continues a run from its weights: set model.init to them")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_factor(s, o.warmup_steps, o.total_steps, o.final_lr_factor, start, o.rewarmup_steps),
