@@ -35,7 +35,7 @@ def shipped_weights() -> dict[str, Path]:
 
 
 #: ``pretrained="default"`` resolves to the first of these that ships (``asmamba/weights/<name>.pt``).
-DEFAULT_WEIGHTS = ("asmamba-xfeat-v2", "asmamba-xfeat")
+DEFAULT_WEIGHTS = ("asmamba-xfeat-v2.1", "asmamba-xfeat-v2", "asmamba-xfeat")
 DEFAULT = "default"
 
 

@@ -169,12 +169,20 @@ def test_asmamba_default_weights_are_the_shipped_ones(monkeypatch, tmp_path):
     assert asmamba.checkpoint.default_weights() == "asmamba-xfeat"
     fake["asmamba-xfeat-v2"] = tmp_path / "asmamba-xfeat-v2.pt"  # the retrained model is preferred once it ships
     assert asmamba.checkpoint.default_weights() == "asmamba-xfeat-v2"
+    fake["asmamba-xfeat-v2.1"] = tmp_path / "asmamba-xfeat-v2.1.pt"  # v2 trained on with oblique planar pairs
+    assert asmamba.checkpoint.default_weights() == "asmamba-xfeat-v2.1"
 
 
 def test_asmamba_v1_is_the_first_release():
     matcher = build_matcher("asmamba_v1")
     assert matcher.pretrained == "asmamba-xfeat"
     assert matcher.config.fine.kind == "window"  # the first release's fine stage (its file predates two_stage)
+
+
+def test_asmamba_v2_is_the_previous_default():
+    matcher = build_matcher("asmamba_v2")
+    assert matcher.pretrained == "asmamba-xfeat-v2"
+    assert matcher.config.fine.kind == "two_stage"
 
 
 def test_asmamba_by_name_is_the_model():

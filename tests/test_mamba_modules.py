@@ -214,19 +214,27 @@ def test_multihead_rejects_bad_input():
         MultiHeadMamba(16, (8, 4))(torch.randn(2, 5, 12))
 
 
+@pytest.mark.parametrize("layout", ["channel_major", "time_major_view"])
 @pytest.mark.parametrize("kernel,length,bias", [(4, 50, True), (4, 2, False), (1, 5, True), (3, 3, True)])
-def test_causal_conv_equals_torch_conv1d(kernel, length, bias):
-    """The shifted multiply-add convolution against PyTorch's padded depthwise conv1d: values and gradients."""
+def test_causal_conv_equals_torch_conv1d(kernel, length, bias, layout):
+    """The shifted multiply-add convolution against PyTorch's padded depthwise conv1d: values and gradients, for a
+    contiguous (B, d, L) input and for the strided time-major view ``in_proj`` gives (half of (B, L, 2d))."""
     from asmamba.mamba.mamba import causal_conv
 
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(6, 6, kernel, groups=6, padding=kernel - 1, bias=bias).double()
-    x = torch.randn(3, 6, length, dtype=torch.float64, requires_grad=True)
+    if layout == "channel_major":
+        x = torch.randn(3, 6, length, dtype=torch.float64, requires_grad=True)
+        leaf = x
+    else:
+        leaf = torch.randn(3, length, 12, dtype=torch.float64, requires_grad=True)
+        x = leaf.transpose(1, 2)[:, :6]
     out = causal_conv(conv, x)
+    assert out.shape == x.shape
     ref = conv(x)[..., :length]
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
     w = torch.randn_like(ref)
-    grads = torch.autograd.grad((out * w).sum(), [x, *conv.parameters()])
-    ref_grads = torch.autograd.grad((ref * w).sum(), [x, *conv.parameters()])
+    grads = torch.autograd.grad((out * w).sum(), [leaf, *conv.parameters()])
+    ref_grads = torch.autograd.grad((ref * w).sum(), [leaf, *conv.parameters()])
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, atol=1e-12, rtol=0)

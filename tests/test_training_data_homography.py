@@ -235,3 +235,99 @@ def test_bad_geometry_options_fail_clearly():
         HomographyPairs("skimage:camera", rotation_wide_prob=1.5)
     with pytest.raises(ValueError, match="min_overlap must lie in"):
         HomographyPairs("skimage:camera", min_overlap=-0.1)
+
+
+@pytest.mark.parametrize("tilt,axis,focal", [(40.0, 0.0, 400.0), (60.0, 125.0, 300.0), (25.0, 250.0, 700.0)])
+def test_tilt_homography_is_the_plane_seen_by_an_orbiting_camera(tilt, axis, focal):
+    """Independent truth: points of the plane z = d projected by camera 0 (at the origin) and by camera 1, which
+    orbits the plane point under the image centre by ``tilt`` about an in-plane axis (OpenCV's Rodrigues)."""
+    from asmamba.training.data.homography import tilt_homography
+
+    centre = np.array([159.5, 119.5])
+    H = tilt_homography(tilt, axis, focal, centre)
+    K = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
+    a = np.radians(axis)
+    R = cv2.Rodrigues(np.radians(tilt) * np.array([np.cos(a), np.sin(a), 0.0]))[0]
+    d = 3.7
+    c1 = d * (np.array([0, 0, 1.0]) - R.T @ np.array([0, 0, 1.0]))  # camera 1's centre, same distance to the point
+    assert abs(np.linalg.norm(c1 - [0, 0, d]) - d) < 1e-9
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.uniform(-1.5, 1.5, (200, 2)), np.full((200, 1), d)], 1)  # on the plane
+    p0 = X @ K.T
+    p0 = p0[:, :2] / p0[:, 2:]
+    X1 = (X - c1) @ R.T
+    assert (X1[:, 2] > 0).all()
+    p1 = X1 @ K.T
+    p1 = p1[:, :2] / p1[:, 2:]
+    mapped = cv2.perspectiveTransform(p0[:, None], H)[:, 0]
+    np.testing.assert_allclose(mapped, p1, atol=1e-6)
+    # the point under the centre stays; across the axis the plane is foreshortened by cos(tilt)
+    np.testing.assert_allclose(cv2.perspectiveTransform(centre[None, None], H)[0, 0], centre, atol=1e-9)
+
+
+def _jacobian(H: np.ndarray, x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """Central finite differences of the homography at point x (independent of the generator's own formula)."""
+    cols = []
+    for e in np.eye(2):
+        plus = cv2.perspectiveTransform((x + eps * e)[None, None], H)[0, 0]
+        minus = cv2.perspectiveTransform((x - eps * e)[None, None], H)[0, 0]
+        cols.append((plus - minus) / (2 * eps))
+    return np.stack(cols, 1)
+
+
+def test_tilted_pairs_are_foreshortened_by_the_tilt():
+    """With no corner jitter, a tilt of 50 degrees leaves singular values (s, s cos 50) at the view centre, whatever
+    the zoom and rotation after it; without tilt the pairs are similarities (ratio 1)."""
+    ds, Hs = _geometry_only(40, tilt_prob=1.0, tilt_deg=(50.0, 50.0), translation=0.0)
+    centre = np.array([47.5, 35.5])
+    for H in Hs:
+        sv = np.linalg.svd(_jacobian(H, centre), compute_uv=False)
+        assert abs(sv[1] / sv[0] - np.cos(np.radians(50))) < 1e-4, sv
+    _, plain = _geometry_only(10, tilt_prob=0.0, translation=0.0)
+    for H in plain:
+        sv = np.linalg.svd(_jacobian(H, centre), compute_uv=False)
+        assert abs(sv[1] / sv[0] - 1) < 1e-6
+
+
+def test_tilt_share_and_untilted_configs_unchanged():
+    """``tilt_prob`` of the pairs are tilted (anisotropic); with tilt_prob 0 the items are the ones a config
+    without the option gives (the validation split's pairs stay what they were), whatever tilt_deg says."""
+    _, Hs = _geometry_only(300, tilt_prob=0.3, tilt_deg=(30.0, 60.0), translation=0.0)
+    centre = np.array([47.5, 35.5])
+    ratios = np.array([np.divide(*np.linalg.svd(_jacobian(H, centre), compute_uv=False)[::-1]) for H in Hs])
+    tilted = ratios < 0.999
+    assert 0.2 < tilted.mean() < 0.4
+    assert ratios[tilted].min() >= np.cos(np.radians(60)) - 1e-3 and ratios[tilted].max() <= np.cos(np.radians(30)) + 1e-3
+    _, off = _geometry_only(20, tilt_prob=0.0, tilt_deg=(10.0, 80.0))
+    _, before = _geometry_only(20)
+    for a, b in zip(off, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gt_homography_maps_content_exactly_under_tilt():
+    """The content check of the large-zoom test for tilted views (strong perspective)."""
+    src = _smooth_pattern(1200, 900)
+    ds = HomographyPairs(src, seed=4, pairs_per_image=3, photometric=False, output_size=(320, 240),
+                         tilt_prob=1.0, tilt_deg=(50.0, 60.0))
+    for idx in range(len(ds)):
+        item = ds[idx]
+        im0, im1 = item["image0"][0].double().numpy(), item["image1"][0].double().numpy()
+        H = item["H_0to1"].double().numpy()
+        m0, m1 = _erode(item["mask0"].numpy(), 2), _erode(item["mask1"].numpy(), 2)
+        warped = cv2.warpPerspective(im0, H, (320, 240), flags=cv2.INTER_LINEAR)
+        both = m1 & (cv2.warpPerspective(m0.astype(np.uint8), H, (320, 240), flags=cv2.INTER_NEAREST) > 0)
+        both = _erode(both, 2)
+        assert both.sum() > 1000
+        err = np.abs(warped - im1)[both].mean()
+        wrong = np.abs(cv2.warpPerspective(im0, np.array([[1, 0, 2.0], [0, 1, 0], [0, 0, 1]]) @ H, (320, 240))
+                       - im1)[both].mean()
+        assert err < 2.0 / 255 and wrong > 3 * err, (err * 255, wrong * 255)
+
+
+def test_bad_tilt_options_fail_clearly():
+    with pytest.raises(ValueError, match="tilt_deg must be a range"):
+        HomographyPairs("skimage:camera", tilt_deg=(10.0, 95.0))
+    with pytest.raises(ValueError, match="tilt_prob must lie in"):
+        HomographyPairs("skimage:camera", tilt_prob=2.0)
+    with pytest.raises(ValueError, match="tilt_focal must be a range"):
+        HomographyPairs("skimage:camera", tilt_focal=(0.0, 1.0))

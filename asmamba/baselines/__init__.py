@@ -66,10 +66,15 @@ def _asmamba(**kw: Any) -> nn.Module:
     return ASMamba(**kw)  # pretrained="default": the shipped weights
 
 
-def _asmamba_v1(**kw: Any) -> nn.Module:
-    from asmamba import ASMamba
+def _asmamba_release(weights: str) -> Callable[..., nn.Module]:
+    """A factory of AS-Mamba with an earlier release's shipped weights (for contrast in the compare table)."""
 
-    return ASMamba(**{"pretrained": "asmamba-xfeat", **kw})  # the first release's weights, for contrast
+    def build(**kw: Any) -> nn.Module:
+        from asmamba import ASMamba
+
+        return ASMamba(**{"pretrained": weights, **kw})
+
+    return build
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -79,7 +84,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "disk_lightglue": _lightglue("disk"),
     "aliked_lightglue": _lightglue("aliked"),
     "asmamba": _asmamba,
-    "asmamba_v1": _asmamba_v1,
+    "asmamba_v1": _asmamba_release("asmamba-xfeat"),  # the first release
+    "asmamba_v2": _asmamba_release("asmamba-xfeat-v2"),  # v2 at step 600, the default before asmamba-xfeat-v2.1
 }
 
 

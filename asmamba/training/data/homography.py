@@ -1,7 +1,9 @@
 """Self-supervised pairs: two random homographic views of one image, with the exact homography between them.
 
 The geometry is drawn first, in view pixels: a homography ``H`` from view 0 to view 1 (perspective corner jitter,
-then a zoom and an in-plane rotation, then a shift). Zoom and rotation each come from a mixture: most pairs from a
+for a ``tilt_prob`` share of the pairs a camera tilt of 20-60 degrees out of the plane (:func:`tilt_homography`:
+the strong, coherent perspective of an oblique view, which corner jitter alone never makes), then a zoom and an
+in-plane rotation, then a shift). Zoom and rotation each come from a mixture: most pairs from a
 *core* range (``scale``, ``rotation_deg``: what real pairs mostly show), a share (``scale_wide_prob``,
 ``rotation_wide_prob``) from a *wide* range (``scale_wide`` up to 4x both ways, ``rotation_wide_deg``), so large
 zooms and rotations are common without dominating. The zoom centre is placed so that the zoomed-in view can lie
@@ -53,6 +55,9 @@ default_conf: dict[str, Any] = {
     "rotation_wide_deg": 60.0,  # wide rotation, uniform in [-r, r] ...
     "rotation_wide_prob": 0.5,  # ... drawn for this share of the pairs (0: core only)
     "perspective": 0.12,  # corner displacement of view 1, fraction of the output size
+    "tilt_prob": 0.0,  # share of the pairs whose view 1 looks at the plane from a tilted camera (0: none) ...
+    "tilt_deg": (20.0, 60.0),  # ... tilted by this angle (uniform), about a random axis in the plane ...
+    "tilt_focal": (0.7, 1.4),  # ... with this focal length, in units of the view's long side (log-uniform)
     "translation": 0.1,  # shift of view 1, fraction of the output size
     "min_overlap": 0.25,  # redraw H while fewer of the finer view's 8 px cells warp inside the other view
     "max_tries": 50,  # draws of H before the last one is kept without its shift and perspective
@@ -161,11 +166,45 @@ def similarity(zoom: float, angle_deg: float, p0: Sequence[float], p1: Sequence[
     return S
 
 
-def _draw_homography(rng: np.random.Generator, size_wh: Sequence[int], conf: dict) -> tuple[np.ndarray, float, float]:
+def tilt_homography(tilt_deg: float, axis_deg: float, focal: float, centre: Sequence[float]) -> np.ndarray:
+    """``(3, 3)`` homography from a fronto-parallel view of a plane to the view of a camera that orbits the point
+    the first looks at (pixel ``centre``) by ``tilt_deg`` about an axis in the plane at ``axis_deg`` from the image
+    x axis, at the same distance, with the same pinhole intrinsics (focal length ``focal`` px, principal point
+    ``centre``): foreshortening by ``cos(tilt)`` across the axis, and the perspective of a real oblique view.
+
+    With camera 0 at the origin looking down +z at the plane z = d, camera 1 maps X to ``R (X - c1)`` with
+    ``c1 = d (e_z - R^T e_z)``; the plane's homography ``K (R + t n^T / d) K^-1`` with ``t = -R c1`` and ``n = e_z``
+    reduces to ``K [r_1, r_2, e_z] K^-1`` (``r_i`` the columns of R), independent of d.
+    """
+    t, a = math.radians(tilt_deg), math.radians(axis_deg)
+    axis = np.array([math.cos(a), math.sin(a), 0.0])
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    R = np.eye(3) + math.sin(t) * cross + (1 - math.cos(t)) * cross @ cross  # Rodrigues
+    K = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1.0]])
+    M = np.stack([R[:, 0], R[:, 1], np.array([0, 0, 1.0])], axis=1)
+    H = K @ M @ np.linalg.inv(K)
+    return H / H[2, 2]
+
+
+def _draw_tilt(rng: np.random.Generator, size_wh: Sequence[int], conf: dict, tilted: bool) -> np.ndarray:
+    """The tilt of view 1, or the identity. Draws nothing when ``tilt_prob`` is 0, so the pairs of a config
+    without tilt stay what they were before the option existed."""
+    if float(conf["tilt_prob"]) <= 0:
+        return np.eye(3)
+    tilt, axis = _uniform(rng, conf["tilt_deg"]), float(rng.uniform(0.0, 360.0))
+    focal = _log_uniform(rng, conf["tilt_focal"]) * max(size_wh)
+    if not tilted:
+        return np.eye(3)
+    return tilt_homography(tilt, axis, focal, ((size_wh[0] - 1) / 2, (size_wh[1] - 1) / 2))
+
+
+def _draw_homography(rng: np.random.Generator, size_wh: Sequence[int], conf: dict,
+                     tilted: bool = False) -> tuple[np.ndarray, float, float]:
     w, h = float(size_wh[0]), float(size_wh[1])
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
     jitter = rng.uniform(-1, 1, (4, 2)) * conf["perspective"] * np.array([w, h])
     P = cv2.getPerspectiveTransform(corners, (corners + jitter).astype(np.float32)).astype(np.float64)
+    P = _draw_tilt(rng, size_wh, conf, tilted) @ P
     zoom, angle = sample_zoom_rotation(rng, conf)
     shift = rng.uniform(-1, 1, 2) * conf["translation"] * np.array([w, h])
     # the zoom centre: view-0 point p0 lands on view-1 point p1. A zoom-in shows a part 1/zoom as large of view 0,
@@ -178,9 +217,11 @@ def _draw_homography(rng: np.random.Generator, size_wh: Sequence[int], conf: dic
 
 
 def sample_homography(rng: np.random.Generator, size_wh: Sequence[int], conf: dict) -> np.ndarray:
-    """A random view-0 -> view-1 homography ``(3, 3)``: perspective corner jitter, then zoom and rotation about a
-    random zoom centre, then a shift (no overlap check: see :class:`HomographyPairs`)."""
-    return _draw_homography(rng, size_wh, conf)[0]
+    """A random view-0 -> view-1 homography ``(3, 3)``: perspective corner jitter, a camera tilt (for a
+    ``tilt_prob`` share), then zoom and rotation about a random zoom centre, then a shift (no overlap check: see
+    :class:`HomographyPairs`)."""
+    tilted = float(conf["tilt_prob"]) > 0 and rng.uniform() < conf["tilt_prob"]
+    return _draw_homography(rng, size_wh, conf, tilted)[0]
 
 
 def _warp(H: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,13 +318,16 @@ def _acceptable(H: np.ndarray, zoom: float, size_wh: Sequence[int], min_overlap:
 
 def _check_conf(conf: dict) -> None:
     """Clear errors for geometry options out of range."""
-    for key in ("scale", "scale_wide", "crop_scale"):
+    for key in ("scale", "scale_wide", "crop_scale", "tilt_focal"):
         lo, hi = (float(v) for v in conf[key])
         if not 0 < lo <= hi:
             raise ValueError(f"homography option {key} must be a range 0 < lo <= hi, got {list(conf[key])}")
     if float(conf["crop_scale"][1]) > 1.0:
         raise ValueError(f"homography option crop_scale must lie in (0, 1], got {list(conf['crop_scale'])}")
-    for key in ("scale_wide_prob", "rotation_wide_prob", "min_overlap"):
+    lo, hi = (float(v) for v in conf["tilt_deg"])
+    if not 0 <= lo <= hi < 90:
+        raise ValueError(f"homography option tilt_deg must be a range 0 <= lo <= hi < 90, got {list(conf['tilt_deg'])}")
+    for key in ("scale_wide_prob", "rotation_wide_prob", "min_overlap", "tilt_prob"):
         if not 0.0 <= float(conf[key]) <= 1.0:
             raise ValueError(f"homography option {key} must lie in [0, 1], got {conf[key]}")
     for key in ("rotation_deg", "rotation_wide_deg", "perspective", "translation"):
@@ -330,9 +374,11 @@ class HomographyPairs(Dataset):
     def _geometry(self, rng: np.random.Generator) -> np.ndarray:
         """View-0 -> view-1 ``H``: drawn until the views share ``min_overlap`` of the finer view's cells and
         view 1's footprint is bounded; after ``max_tries`` draws the last zoom and rotation are kept about the
-        image centre, without shift and perspective."""
+        image centre, without shift and perspective. Whether view 1 is tilted is decided once per pair, before the
+        draws, so that ``tilt_prob`` is the share of tilted pairs (tilted draws are rejected more often)."""
+        tilted = float(self.conf["tilt_prob"]) > 0 and rng.uniform() < self.conf["tilt_prob"]
         for _ in range(int(self.conf["max_tries"])):
-            H, zoom, angle = _draw_homography(rng, self.size_wh, self.conf)
+            H, zoom, angle = _draw_homography(rng, self.size_wh, self.conf, tilted)
             if _acceptable(H, zoom, self.size_wh, self.conf["min_overlap"]):
                 return H
         centre = ((self.size_wh[0] - 1) / 2, (self.size_wh[1] - 1) / 2)

@@ -118,6 +118,10 @@ def matching_precision(epipolar_errors: np.ndarray, threshold: float) -> float:
     return float(np.mean(e < threshold)) if e.size else 0.0
 
 
+#: findEssentialMat runs on the matches in up to this many orders when OpenCV's solver raises (see below)
+ESSENTIAL_ATTEMPTS = 4
+
+
 def estimate_pose_opencv(
     pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: np.ndarray, threshold_px: float = 0.5,
     confidence: float = 0.99999,
@@ -128,18 +132,33 @@ def estimate_pose_opencv(
     returns several essential matrices, the one with the most ``recoverPose`` inliers wins.
 
     Returns:
-        ``(R (3, 3), t (3,) unit, inlier mask (N,) bool)``, or None with fewer than 5 matches / no solution.
+        ``(R (3, 3), t (3,) unit, inlier mask (N,) bool)``, or None with fewer than 5 matches / no solution (also
+        when OpenCV's solver raises in every one of :data:`ESSENTIAL_ATTEMPTS` orders of the matches).
     """
     p0, p1 = _as_points(pts0, "pts0"), _as_points(pts1, "pts1")
     if len(p0) < 5:
         return None
     n0, n1 = normalize_points(p0, K0), normalize_points(p1, K1)
     focal = np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
-    E, mask = cv2.findEssentialMat(
-        n0, n1, np.eye(3), method=cv2.RANSAC, prob=confidence, threshold=threshold_px / focal
-    )
+    order = np.arange(len(p0))
+    for attempt in range(ESSENTIAL_ATTEMPTS):
+        try:
+            E, mask = cv2.findEssentialMat(
+                n0[order], n1[order], np.eye(3), method=cv2.RANSAC, prob=confidence, threshold=threshold_px / focal
+            )
+            break
+        except cv2.error:
+            # OpenCV 5's five-point solver asserts on a degenerate minimal sample (solvePoly) instead of skipping
+            # it, which ends the whole RANSAC: retry with the matches in another (fixed) order, so other samples
+            # are drawn; the same input always gives the same answer
+            order = np.random.default_rng(attempt).permutation(len(p0))
+    else:
+        return None
     if E is None or mask is None:
         return None
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    mask = mask[inverse]  # back to the caller's order
     best = None
     for k in range(E.shape[0] // 3):
         n_in, R, t, _ = cv2.recoverPose(E[3 * k : 3 * k + 3], n0, n1, np.eye(3), 1e9, mask=mask.copy())
