@@ -186,6 +186,11 @@ def tilt_homography(tilt_deg: float, axis_deg: float, focal: float, centre: Sequ
     return H / H[2, 2]
 
 
+def _draw_tilted(rng: np.random.Generator, conf: dict) -> bool:
+    """Whether a pair's view 1 is tilted (a ``tilt_prob`` share); draws nothing when ``tilt_prob`` is 0."""
+    return float(conf["tilt_prob"]) > 0 and rng.uniform() < conf["tilt_prob"]
+
+
 def _draw_tilt(rng: np.random.Generator, size_wh: Sequence[int], conf: dict, tilted: bool) -> np.ndarray:
     """The tilt of view 1, or the identity. Draws nothing when ``tilt_prob`` is 0, so the pairs of a config
     without tilt stay what they were before the option existed."""
@@ -220,8 +225,7 @@ def sample_homography(rng: np.random.Generator, size_wh: Sequence[int], conf: di
     """A random view-0 -> view-1 homography ``(3, 3)``: perspective corner jitter, a camera tilt (for a
     ``tilt_prob`` share), then zoom and rotation about a random zoom centre, then a shift (no overlap check: see
     :class:`HomographyPairs`)."""
-    tilted = float(conf["tilt_prob"]) > 0 and rng.uniform() < conf["tilt_prob"]
-    return _draw_homography(rng, size_wh, conf, tilted)[0]
+    return _draw_homography(rng, size_wh, conf, _draw_tilted(rng, conf))[0]
 
 
 def _warp(H: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -376,7 +380,7 @@ class HomographyPairs(Dataset):
         view 1's footprint is bounded; after ``max_tries`` draws the last zoom and rotation are kept about the
         image centre, without shift and perspective. Whether view 1 is tilted is decided once per pair, before the
         draws, so that ``tilt_prob`` is the share of tilted pairs (tilted draws are rejected more often)."""
-        tilted = float(self.conf["tilt_prob"]) > 0 and rng.uniform() < self.conf["tilt_prob"]
+        tilted = _draw_tilted(rng, self.conf)
         for _ in range(int(self.conf["max_tries"])):
             H, zoom, angle = _draw_homography(rng, self.size_wh, self.conf, tilted)
             if _acceptable(H, zoom, self.size_wh, self.conf["min_overlap"]):
