@@ -82,7 +82,8 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
 
     ``type`` selects the class (``megadepth``, ``scannet``, ``homography``, or ``concat`` with a ``datasets``
     list of such configs, or ``interleave``: the same, its parts' items taken in turn); ``repeat: n`` lists a
-    dataset's items n times (to weight the parts of a concat);
+    dataset's items n times (to weight the parts of a concat; a MegaDepth-layout dataset with ``photometric`` on gets
+    another jitter seed in each listing);
     ``source: name`` tags every item of the dataset with ``item["source"] = name`` (a per-source label for logs and
     validation); the other keys are its arguments. Values left ``???`` must come as overrides.
 
@@ -102,6 +103,9 @@ def build_dataset(config: Union[str, Mapping[str, Any], DictConfig], **overrides
     repeat = conf.pop("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         raise ValueError(f"repeat must be a positive integer (how often the dataset's items are listed), got {repeat!r}")
+    if repeat > 1 and kind == "megadepth" and conf.get("photometric"):
+        seed = int(conf.pop("photometric_seed", 0))  # each listing of a jittered scene gets its own jitter
+        return ConcatDataset([build_dataset(dict(conf, type=kind, photometric_seed=seed + r)) for r in range(repeat)])
     if repeat > 1:
         return ConcatDataset([build_dataset(dict(conf, type=kind))] * repeat)
     if kind == "concat":

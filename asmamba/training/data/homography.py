@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from asmamba.io import list_images, read_image
 from asmamba.training.data.common import make_pair_item
+from asmamba.training.data.photometric import photometric_jitter
 from asmamba.training.geometry import resize_transform
 
 PathLike = Union[str, os.PathLike]
@@ -280,20 +281,6 @@ def _covered(A_src_to_view: np.ndarray, src_hw: Sequence[int], size_wh: Sequence
     u, v = uv[:, 0], uv[:, 1]
     inside = (u >= -0.5) & (u <= src_hw[1] - 0.5) & (v >= -0.5) & (v <= src_hw[0] - 0.5)
     return inside.reshape((size_wh[1] + step - 1) // step, (size_wh[0] + step - 1) // step)
-
-
-def photometric_jitter(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, conf: dict) -> np.ndarray:
-    """Random brightness, contrast, gamma, blur and noise on a float ``(H, W)`` image in [0, 1] (pixels outside
-    ``mask`` stay 0)."""
-    out = image.astype(np.float32)
-    if rng.uniform() < conf["blur_prob"]:
-        out = cv2.GaussianBlur(out, (0, 0), _uniform(rng, conf["blur_sigma"]))
-    mean = float(out[mask].mean()) if mask.any() else 0.5
-    brightness = _uniform(rng, (-conf["brightness"], conf["brightness"]))
-    out = (out - mean) * _uniform(rng, conf["contrast"]) + mean + brightness
-    out = np.clip(out, 0.0, 1.0) ** _uniform(rng, conf["gamma"])
-    out = out + rng.normal(0.0, _uniform(rng, (0.0, conf["noise_std"])), out.shape).astype(np.float32)
-    return np.where(mask, np.clip(out, 0.0, 1.0), 0.0).astype(np.float32)
 
 
 #: view 1's footprint (with view 0) may span at most this many view sizes, times 1 / zoom for a zoom-out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -19,6 +20,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
 
 from asmamba.training.data.common import depth_pair_item, prepare_view, require_file
+from asmamba.training.data.photometric import photometric_conf, photometric_jitter
 from asmamba.training.geometry import relative_pose
 
 PathLike = Union[str, os.PathLike]
@@ -31,6 +33,9 @@ default_conf: dict[str, Any] = {
     "max_overlap": 1.0,  # ... and <= max_overlap
     "load_depth": True,  # False for test indices that come without depth maps (depth then all zeros)
     "sparse_depth": False,  # depth known at some pixels only (sfm_scene.py): unknown cells are not negatives
+    "photometric": None,  # training only: null/false = the photos as they are; true or a mapping of
+                          # asmamba/training/data/photometric.py options = independent jitter of each view
+    "photometric_seed": 0,  # the jitter of pair idx of this scene draws from (seed, crc32(scene), idx)
 }
 
 #: matching-precision threshold of the MegaDepth protocol (squared symmetric epipolar distance, normalised)
@@ -104,6 +109,7 @@ class MegaDepthScene(Dataset):
         if unknown:
             raise TypeError(f"unknown MegaDepth options {sorted(unknown)}; known: {sorted(default_conf)}")
         self.conf = {**default_conf, **conf}
+        self.photometric = photometric_conf(self.conf["photometric"], "MegaDepth scene options")
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"MegaDepth root {str(self.root)!r} does not exist or is not a directory")
@@ -177,6 +183,11 @@ class MegaDepthScene(Dataset):
         meta = self.pair_metadata(idx)
         i, j, _ = self.pairs[idx]
         view0, view1 = self._view(i, meta["K0"]), self._view(j, meta["K1"])
+        if self.photometric is not None:
+            rng = np.random.default_rng([int(self.conf["photometric_seed"]), zlib.crc32(self.scene_id.encode()), idx])
+            for view in (view0, view1):
+                view["image"] = photometric_jitter(view["image"].astype(np.float32) / 255.0, view["mask"], rng,
+                                                   self.photometric)
         return depth_pair_item(view0, view1, meta["T_0to1"], f"{meta['name0']} {meta['name1']}",
                                sparse_gt=bool(self.conf["sparse_depth"]))
 
